@@ -390,6 +390,26 @@ VELOCITY_LIMITS = {"halfcheetah-vel": 20.0, "halfcheetah-runjump": 20.0, "hopper
 WEIGHT_LIMIT = 100.0
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every script: defaults in --help, and bad input reported in one
+    line with exit code 2 (no usage dump, no traceback)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        fail(f"{message} (see {self.prog} --help)", self.prog)
+
+
+def fail(message: str, prog: str | None = None) -> None:
+    """Print one line naming the problem and the fix, exit with code 2."""
+    import sys
+    prefix = f"{prog}: " if prog else ""
+    print(f"{prefix}error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def check_family(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"unknown environment family {name!r}; valid names: {', '.join(FAMILIES)}")
@@ -490,7 +510,10 @@ class MultiTaskEnv:
         self.tasks = [normalize_task(family, t) for t in tasks]
         self.num_tasks = len(self.tasks)
         self.model = load_model(family)
-        self.batch = mujoco.batch.Batch(self.model, nsim=self.num_tasks, nthread=nthread)
+        # persistent: each simulation keeps its own MjData, so its warning
+        # counters tell which one went unstable
+        self.batch = mujoco.batch.Batch(self.model, nsim=self.num_tasks, nthread=nthread, persistent=True)
+        _silence_mujoco_warnings()
         self.qpos = self.batch.bind("qpos")
         self.qvel = self.batch.bind("qvel")
         self.ctrl = self.batch.bind("ctrl")
@@ -572,13 +595,16 @@ class MultiTaskEnv:
         time_before = self.time.copy()
         self.ctrl[:] = actions
         unstable = np.zeros(self.num_tasks, dtype=bool)
+        warnings_before = _WARNING_COUNT[0]
         try:
             self.batch.step(nstep=self.family.frame_skip)
         except mujoco.batch.SimulationError as error:
             unstable[np.asarray(error.ids, dtype=np.int64)] = True
-        # MuJoCo resets a simulation whose accelerations blow up (with a
-        # warning): its clock then runs backwards, which is how we see it.
-        unstable |= self.time < time_before + 0.5 * self.dt
+        if _WARNING_COUNT[0] > warnings_before:
+            # MuJoCo warned (and reset the simulation that blew up): find which
+            unstable |= np.array([sum(w.number for w in self.batch.get_data(i).warning) > 0
+                                 for i in range(self.num_tasks)])
+        unstable |= self.time < time_before + self.dt - 0.5 * self.model.opt.timestep
         unstable |= ~(np.isfinite(self.qpos).all(1) & np.isfinite(self.qvel).all(1))
 
         velocity_xy = (self.qpos[:, :2] - xy_before) / self.dt
@@ -620,6 +646,23 @@ class MultiTaskEnv:
             "unstable": unstable, "episode_step": self.episode_step.copy(),
         }
         return obs, reward.astype(np.float32), terminated, truncated, info
+
+
+MUJOCO_WARNINGS: list[str] = []  # the latest MuJoCo warnings, instead of stderr and MUJOCO_LOG.TXT
+_WARNING_COUNT = [0]
+
+
+def _record_warning(message: str) -> None:
+    _WARNING_COUNT[0] += 1
+    MUJOCO_WARNINGS.append(message)
+    del MUJOCO_WARNINGS[:-100]
+
+
+def _silence_mujoco_warnings() -> None:
+    """Route MuJoCo's warnings to MUJOCO_WARNINGS: an unstable simulation is
+    reported through info["unstable"], not by printing or writing a log file."""
+    if mujoco.get_mju_user_warning() is not _record_warning:
+        mujoco.set_mju_user_warning(_record_warning)
 
 
 def make(name: str, tasks=None, seed: int | None = None, nthread: int = 1) -> MultiTaskEnv:
@@ -664,13 +707,12 @@ def benchmark(seconds: float = 3.0, nthread: int = 1) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="EAR environments; run the speed benchmark.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description="EAR environments: list the families, or run the speed benchmark.")
     parser.add_argument("--benchmark", action="store_true", help="print env steps/s as one JSON line")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--nthread", type=int, default=1, help="threads of the batched env")
     args = parser.parse_args()
-    if args.seconds <= 0 or args.nthread < 1:
+    if not args.seconds > 0 or args.nthread < 1:
         parser.error("--seconds must be positive and --nthread at least 1")
     if args.benchmark:
         print(json.dumps(benchmark(args.seconds, args.nthread)))

@@ -1,0 +1,594 @@
+"""Few-shot adaptation in the latent task embedding space (paper Sec. 4.3 and 5.3; spec 7).
+
+EAR's headline claim: after multi-task training, a new task of the family is solved
+by searching only the 3-d latent task embedding (LTE) on the unit sphere S^2, with
+the state encoder and the action decoder frozen. This module runs that search, and,
+as honest baselines, spends the same environment steps on SAC instead.
+
+    python adapt.py --task 4.5                        # HalfCheetah-Vel, checkpoints/halfcheetah-vel.pt
+    python adapt.py --env ant-dir --task 77           # a direction in degrees
+    python adapt.py --env halfcheetah-runjump --task run:3.5
+    python adapt.py --task 7.2 --method all --out results/adapt-7.2.json --plot
+    python adapt.py --benchmark [--quick]             # test tasks 3.6, 7.2, 9.5 and 0.5, 11; every method
+
+Without --env the family is the checkpoint's; without --checkpoint it is
+checkpoints/<env>.pt. A task outside the training range runs with a warning.
+
+Methods (--method):
+  bracket   (default; at most 45 episodes). Start where the embedding space says the
+            task is: the normalised interpolation (1-w) z_a + w z_b of the LTEs of the
+            two training tasks that bracket it (velocities: the neighbours with the
+            linear weight w; Ant: the neighbouring directions on the circle). Round 1
+            evaluates that start and points on the great circle through z_a and z_b,
+            spaced evenly up to 0.75 of their angle on either side (a 1-d line search).
+            A task with no bracket (out of range, or a kind the checkpoint never saw)
+            instead evaluates every training LTE once and takes the best; its line is
+            the great circle through the two edge LTEs (out of range) or through the
+            two best ones. Then rounds of a local pattern search around the incumbent:
+            up to 4 points along the line direction (+-s, +-2s) and the rest evenly
+            spaced on a circle of angular radius s; s halves after a round that found
+            nothing better. All candidates of a round run at once, one simulation each,
+            with deterministic actions; a third of the budget goes to round 1, the rest
+            to rounds of at most 10.
+  cem       the authors' search, exactly spec 7: 6 elites uniform on S^2; 10 rounds;
+            each round 90 candidates = the elites tiled 15 times, all but the first 6
+            perturbed by N(0, 0.5^2) and re-normalised; one stochastic 200-step episode
+            each, all 90 in one env of this task only; keep the top 6. 900 episodes (the
+            release's 901st is its final test, here the common final measurement).
+  scratch   single-task SAC from zero (a plain MLP policy on the observation, the
+            checkpoint's sizes and SAC settings) for the same environment steps as
+            bracket: 1000 warm-up steps, then one update per step, batch 256.
+  finetune  the same SAC on the whole pretrained policy: state encoder and decoder
+            copied, the task encoder reduced to one trainable LTE that starts at the
+            bracket interpolation (nearest training LTE when there is none), a fresh
+            critic. The temperature starts at 0.05 instead of 1: the pretrained policy is
+            nearly deterministic, and alpha = 1 would first drive it to high entropy.
+  Both SAC baselines are evaluated every 1000 steps with 3 deterministic episodes that
+  are not charged to their budget (in their favour), and report their best snapshot.
+
+Networks are never changed by bracket or cem (no gradients; parameters stay
+bit-identical) and every candidate is a unit vector. Every evaluation goes through
+policy.rollout. Every method ends with the same measurement, not charged to its
+budget: the chosen LTE (or network) runs --eval-episodes deterministic episodes in
+parallel simulations with fresh reset noise.
+
+Report (printed; --out FILE writes it as JSON; with --method all, {"results": [...]}):
+  env, task, method, checkpoint, seed, extrapolates (task outside the training range)
+  episodes, env_steps   cost of the adaptation: episodes run and env steps taken
+  lte                   the LTE found (3 floats; finetune: its learned LTE; scratch: null)
+  start_lte             the bracket interpolation (null when there is none)
+  return                mean return of the final deterministic measurement
+  velocity | heading    mean forward velocity in m/s | Ant: heading of the mean x-y velocity, deg
+  error                 |velocity - target| in m/s or heading error in deg (null for jump/stand)
+  height                jump and stand tasks: mean root height
+  curve                 [{episodes, env_steps, best_return}] after every round / evaluation
+  wall_clock_s          seconds for the whole call
+--plot draws best return against environment steps for the methods run (PNG next to --out).
+
+Python: adapt(policy, task, method="bracket", budget_episodes=None, seed=0) -> report
+dict; main(argv=None).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+import envs
+from envs import ArgumentParser
+from policy import CheckpointError, build_networks, load, rollout, task_error
+from sac import SAC, Replay
+
+METHODS = ("bracket", "cem", "scratch", "finetune")
+DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45}  # episodes
+CEM_ELITES, CEM_TILES, CEM_SIGMA = 6, 15, 0.5
+FIRST_ROUND_SPAN = 0.75  # bracket round 1 reaches this fraction of angle(z_a, z_b) beyond the start
+MAX_ROUND = 10
+SAC_BATCH, SAC_WARMUP, SAC_EVAL_EVERY, SAC_EVAL_EPISODES, FINETUNE_ALPHA = 256, 1000, 1000, 3, 0.05
+FINAL_SEED = 1_000_000  # the final measurement's reset noise differs from every search episode's
+BENCHMARK_TASKS = {"halfcheetah-vel": [3.6, 7.2, 9.5, 0.5, 11.0], "hopper-vel": [0.3, 0.7, 1.5, 0.1, 2.5],
+                   "walker-vel": [0.3, 0.7, 1.5, 0.1, 2.5], "ant-dir": [77.0, 82.0, 97.0, 133.0, 201.0],
+                   "halfcheetah-runjump": [("run", 3.5), ("run", 6.5), ("jump", 3.0), ("run", 9.0)]}
+
+
+# --------------------------------------------------------------------------
+# The sphere
+# --------------------------------------------------------------------------
+
+
+def unit(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def tangent(x, v):
+    """Unit direction of v in the tangent plane of S^2 at x (None if v is parallel to x)."""
+    d = np.asarray(v, np.float64) - np.dot(v, x) * x
+    n = np.linalg.norm(d)
+    return d / n if n > 1e-9 else None
+
+
+def move(x, direction, angle) -> np.ndarray:
+    """The point at geodesic distance `angle` from x along the tangent `direction`."""
+    return unit(math.cos(angle) * x + math.sin(angle) * direction)
+
+
+def angle_between(a, b) -> float:
+    return float(np.arccos(np.clip(np.dot(a, b), -1.0, 1.0)))
+
+
+# --------------------------------------------------------------------------
+# Where a new task sits among the training tasks
+# --------------------------------------------------------------------------
+
+
+def _kind_value(family: str, task):
+    return task if isinstance(task, tuple) else ("dir" if family == "ant-dir" else "run", float(task))
+
+
+def bracket_prior(policy, task) -> dict:
+    """What the training embeddings say about `task` before any episode is run:
+    start (the bracket interpolation, or None), line (two LTEs whose great circle to
+    search along, or None), guess (start, else the nearest training LTE of the kind),
+    extrapolates and a one-line reason."""
+    family, E = policy.env_name, policy.task_embeddings
+    kind, value = _kind_value(family, task)
+    pairs = [(i, _kind_value(family, t)[1]) for i, t in enumerate(policy.tasks) if _kind_value(family, t)[0] == kind]
+    prior = {"start": None, "line": None, "guess": E[0], "extrapolates": False, "reason": ""}
+    if not pairs:
+        prior.update(extrapolates=True, reason=f"the checkpoint has no {kind} task")
+        return prior
+    pairs.sort(key=lambda p: p[1])
+    ids, values = [p[0] for p in pairs], np.array([p[1] for p in pairs])
+    if kind == "dir":  # directions: neighbours on the circle, always bracketed
+        offsets = (value - values) % 360.0
+        a = int(np.argmin(offsets))
+        b = (a + 1) % len(ids)
+        gap = (values[b] - values[a]) % 360.0 or 360.0
+        weight = offsets[a] / gap
+    elif len(ids) >= 2 and values[0] <= value <= values[-1]:
+        b = max(1, int(np.searchsorted(values, value)))
+        a = b - 1
+        weight = (value - values[a]) / (values[b] - values[a])
+    else:
+        edge = 0 if value < values[0] else len(ids) - 1
+        prior.update(guess=E[ids[edge]], extrapolates=True,
+                     reason=f"{kind} {value:g} lies outside the training range [{values[0]:g}, {values[-1]:g}]")
+        if len(ids) >= 2:
+            inner = 1 if edge == 0 else edge - 1
+            prior["line"] = (E[ids[inner]], E[ids[edge]])
+        return prior
+    za, zb = E[ids[a]], E[ids[b]]
+    start = unit((1 - weight) * za + weight * zb)
+    prior.update(start=start, guess=start, line=(za, zb))
+    return prior
+
+
+# --------------------------------------------------------------------------
+# Evaluating candidate embeddings
+# --------------------------------------------------------------------------
+
+
+def evaluate_ltes(policy, task, ltes, deterministic, seed, env_cache) -> tuple[np.ndarray, int]:
+    """One episode per candidate LTE, all in parallel simulations of `task` only.
+    Returns (returns, env steps taken)."""
+    n = len(ltes)
+    if n not in env_cache:
+        env_cache[n] = envs.make(policy.env_name, tasks=[task] * n)
+    result = rollout(policy, env_cache[n], ltes, episodes=1, deterministic=deterministic, seed=seed)
+    return result["return"], int(result["length"].sum())
+
+
+class Tally:
+    """Counts episodes and env steps of a search and keeps its best-return curve."""
+
+    def __init__(self, policy, task, seed):
+        self.policy, self.task, self.seed = policy, task, seed
+        self.episodes = self.env_steps = self.rounds = 0
+        self.best_return, self.curve, self.env_cache = -math.inf, [], {}
+
+    def evaluate(self, ltes, deterministic=True) -> np.ndarray:
+        ltes = np.asarray(ltes, dtype=np.float64)
+        assert np.allclose(np.linalg.norm(ltes, axis=1), 1.0, atol=1e-9), "candidate left the unit sphere"
+        returns, steps = evaluate_ltes(self.policy, self.task, ltes, deterministic,
+                                       self.seed * 1000 + self.rounds, self.env_cache)
+        self.rounds += 1
+        self.episodes += len(ltes)
+        self.env_steps += steps
+        self.best_return = max(self.best_return, float(np.max(returns)))
+        self.curve.append({"episodes": self.episodes, "env_steps": self.env_steps, "best_return": self.best_return})
+        return returns
+
+
+def search_cem(tally: Tally, rng, rounds: int) -> np.ndarray:
+    """The release's elitist search on the sphere (spec 7); returns the top elite."""
+    elites = unit(rng.standard_normal((CEM_ELITES, 3)))
+    for _ in range(rounds):
+        candidates = np.tile(elites, (CEM_TILES, 1))
+        candidates[CEM_ELITES:] += CEM_SIGMA * rng.standard_normal(candidates[CEM_ELITES:].shape)
+        tiny = np.linalg.norm(candidates, axis=1) < 1e-9  # a draw that cancels an elite: redraw
+        candidates[tiny] = rng.standard_normal((int(tiny.sum()), 3))
+        candidates = unit(candidates)
+        returns = tally.evaluate(candidates, deterministic=False)
+        elites = candidates[np.argsort(-returns, kind="stable")[:CEM_ELITES]]
+    return elites[0]
+
+
+def round_sizes(budget: int, first: int) -> list[int]:
+    """Round 1 of size `first`, the rest of the budget in near-equal rounds of at most MAX_ROUND."""
+    first = min(first, budget)
+    rest = budget - first
+    count = math.ceil(rest / MAX_ROUND)
+    return [first] + [rest // count + (i < rest % count) for i in range(count)] if count else [first]
+
+
+def search_bracket(tally: Tally, policy, prior: dict, rng, budget: int) -> np.ndarray:
+    """Bracket start, line search on its great circle, local pattern search (module docstring)."""
+    E = policy.task_embeddings
+    line = prior["line"]
+    if prior["start"] is not None:
+        sizes = round_sizes(budget, max(1, math.ceil(budget / 3)))
+        incumbent = prior["start"]
+        direction = tangent(incumbent, line[1] - line[0])
+        span = angle_between(*line)
+        if direction is None or span < 1e-6:  # the two neighbours share one LTE: no line
+            direction, span = tangent(incumbent, rng.standard_normal(3)), 0.4
+        step = 2 * FIRST_ROUND_SPAN * span / max(sizes[0] - 1, 1)
+        offsets = [0.0] + [step * math.ceil(k / 2) * (-1) ** (k + 1) for k in range(1, sizes[0])]
+        candidates = np.array([move(incumbent, direction, o) for o in offsets])
+    else:  # no bracket: every training LTE once (the nearest ones first if the budget is short)
+        order = np.argsort([-np.dot(e, prior["guess"]) for e in E], kind="stable")
+        sizes = round_sizes(budget, len(E))
+        candidates = E[order[:sizes[0]]]
+    returns = tally.evaluate(candidates)
+    ranked = np.argsort(-returns, kind="stable")
+    incumbent, incumbent_return = candidates[ranked[0]], returns[ranked[0]]
+    if prior["start"] is None:
+        if line is None and len(ranked) >= 2:
+            line = (candidates[ranked[1]], candidates[ranked[0]])
+        span = angle_between(*line) if line is not None else 0.0
+        step = span / 2 if span > 1e-6 else 0.3
+    for size in sizes[1:]:
+        direction = tangent(incumbent, line[1] - line[0]) if line is not None else None
+        along = [] if direction is None else [s * step for s in (1, -1, 2, -2)][:min(4, size // 2)]
+        candidates = [move(incumbent, direction, o) for o in along]
+        e1 = tangent(incumbent, rng.standard_normal(3))
+        e2 = np.cross(incumbent, e1)
+        phase, ring = rng.uniform(0, 2 * math.pi), size - len(candidates)
+        for j in range(ring):
+            psi = phase + 2 * math.pi * j / ring
+            candidates.append(move(incumbent, math.cos(psi) * e1 + math.sin(psi) * e2, step))
+        candidates = np.array(candidates)
+        returns = tally.evaluate(candidates)
+        best = int(np.argmax(returns))
+        if returns[best] > incumbent_return:
+            incumbent, incumbent_return = candidates[best], returns[best]
+        else:
+            step /= 2
+    return incumbent
+
+
+# --------------------------------------------------------------------------
+# SAC baselines
+# --------------------------------------------------------------------------
+
+
+def _base_config(policy) -> dict:
+    cfg = getattr(policy, "config", None)
+    if cfg is None:
+        from train import Config
+        cfg = asdict(Config(env=policy.env_name))
+    return dict(cfg)
+
+
+def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_WARMUP,
+              eval_every=SAC_EVAL_EVERY):
+    """scratch / finetune (module docstring). Returns (network, its LTE input, tally-like dict)."""
+    cfg = _base_config(policy)
+    env = envs.make(policy.env_name, tasks=[task], seed=seed)
+    eval_env = envs.make(policy.env_name, tasks=[task] * SAC_EVAL_EPISODES)
+    torch.manual_seed(seed)
+    cfg["baseline"] = method == "scratch"
+    net, critic = build_networks(env.obs_dim, env.act_dim, 1, cfg)
+    if method == "finetune":
+        net.state_encoder.load_state_dict(policy.state_encoder.state_dict())
+        net.decoder.load_state_dict(policy.decoder.state_dict())
+        last = net.task_encoder[-1]  # output = bias = the starting LTE; weight and bias stay trainable
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(torch.as_tensor(prior["guess"], dtype=torch.float32))
+    sac = SAC(net, critic, env.act_dim, cfg)
+    if method == "finetune":
+        with torch.no_grad():
+            sac.log_alpha.fill_(math.log(FINETUNE_ALPHA))
+    replay = Replay(1, max(budget_steps, 1), env.obs_dim, env.act_dim)
+    generator = torch.Generator().manual_seed(seed)
+    task_id = torch.zeros(1, dtype=torch.long)
+    eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if method == "scratch"
+                          else np.repeat(net.task_embeddings, SAC_EVAL_EPISODES, axis=0))
+    obs, _ = env.reset(seed=seed)
+    episodes, best_return, best_state, curve = 1, -math.inf, None, []
+    for step in range(1, budget_steps + 1):
+        with torch.no_grad():
+            action = net(torch.as_tensor(obs), task_id)[0].numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        replay.add(obs, action, reward, info["final_obs"], terminated)
+        obs = next_obs
+        if step > warmup_steps:
+            sac.update(replay.sample(SAC_BATCH, generator))
+        if step % eval_every == 0 or step == budget_steps:
+            score = float(rollout(net, eval_env, eval_input(), seed=seed * 1000 + step)["return"].mean())
+            if score > best_return:
+                best_return, best_state = score, copy.deepcopy(net.state_dict())
+            curve.append({"episodes": episodes, "env_steps": step, "best_return": best_return})
+        episodes += int((terminated | truncated)[0]) * (step < budget_steps)
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    lte = None if method == "scratch" else net.task_embeddings[0]
+    return net, lte, {"episodes": episodes, "env_steps": budget_steps, "curve": curve}
+
+
+# --------------------------------------------------------------------------
+# The measurement and the public entry point
+# --------------------------------------------------------------------------
+
+
+def measure(net, task, net_input, episodes: int, seed: int) -> dict:
+    """The common final measurement: `episodes` deterministic episodes in parallel."""
+    env = envs.make(net.env_name, tasks=[task] * episodes)
+    inputs = np.repeat(np.asarray(net_input)[None], episodes, axis=0)
+    result = rollout(net, env, inputs, deterministic=True, seed=seed)
+    error = task_error(env, result)
+    report = {"return": float(result["return"].mean()),
+              "error": float(np.mean(error)) if np.isfinite(error).all() else None}
+    if env.family.planar:
+        report["velocity"] = float(result["velocity"].mean())
+        if isinstance(task, tuple) and task[0] != "run":
+            report["height"] = float(result["height_mean"].mean())
+    else:
+        vx, vy = result["velocity"].mean(axis=0)
+        report["heading"] = float(np.degrees(np.arctan2(vy, vx)))
+    return report
+
+
+def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = None, seed: int = 0,
+          cem_rounds: int | None = None, budget_steps: int | None = None, eval_episodes: int = 10,
+          warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY) -> dict:
+    """Adapt a trained EAR policy to a new task; returns the report (module docstring).
+
+    task: a velocity / direction, a (kind, value) pair, or its command-line text.
+    budget_episodes: search episodes (bracket 45, cem 900 = 10 rounds of 90; scratch and
+    finetune get budget_episodes x 200 env steps unless budget_steps is given)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if policy.baseline or not policy.env_name:
+        raise ValueError("adaptation needs an EAR policy loaded with policy.load (env_name and task embeddings)")
+    task = envs.parse_task(policy.env_name, task) if isinstance(task, str) else envs.normalize_task(policy.env_name, task)
+    budget = DEFAULT_BUDGET[method] if budget_episodes is None else int(budget_episodes)
+    if budget < 1 or eval_episodes < 1:
+        raise ValueError("the budget and the number of evaluation episodes must be at least 1")
+    start_time = time.perf_counter()
+    policy.eval()
+    prior, rng = bracket_prior(policy, task), np.random.default_rng(seed)
+    if method in ("bracket", "cem"):
+        tally = Tally(policy, task, seed)
+        if method == "cem":
+            lte = search_cem(tally, rng, cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES)))
+        else:
+            lte = search_bracket(tally, policy, prior, rng, budget)
+        net, net_input, cost = policy, lte, {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
+    else:
+        steps = budget_steps if budget_steps is not None else budget * envs.MAX_STEPS
+        net, lte, cost = train_sac(policy, task, method, int(steps), seed, prior, warmup_steps, eval_every)
+        net.env_name = policy.env_name
+        net_input = 0 if lte is None else lte
+    report = {"env": policy.env_name, "task": list(task) if isinstance(task, tuple) else task, "method": method,
+              "seed": seed, "extrapolates": prior["extrapolates"], **cost,
+              "lte": None if lte is None else [float(v) for v in lte],
+              "start_lte": None if prior["start"] is None else [float(v) for v in prior["start"]]}
+    report.update(measure(net, task, net_input, eval_episodes, FINAL_SEED + seed))
+    report["eval_episodes"] = eval_episodes
+    report["wall_clock_s"] = round(time.perf_counter() - start_time, 3)
+    return report
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def describe(report: dict) -> str:
+    label = envs.task_label(tuple(report["task"]) if isinstance(report["task"], list) else report["task"])
+    lte = "none (no embedding)" if report["lte"] is None else "[" + ", ".join(f"{v:+.4f}" for v in report["lte"]) + "]"
+    if "heading" in report:
+        achieved = f"heading {report['heading']:.1f} deg (error {report['error']:.1f} deg)"
+    elif report.get("error") is not None:
+        achieved = f"velocity {report['velocity']:.3f} m/s (error {report['error']:.3f} m/s)"
+    else:
+        achieved = f"velocity {report['velocity']:.3f} m/s, mean height {report.get('height', float('nan')):.3f}"
+    return (f"{report['env']} task {label}, method {report['method']}:\n"
+            f"  LTE found   {lte}\n"
+            f"  achieved    {achieved}, return {report['return']:.1f} "
+            f"(mean of {report['eval_episodes']} deterministic episodes)\n"
+            f"  used        {report['episodes']} episodes, {report['env_steps']} env steps, "
+            f"{report['wall_clock_s']:.1f} s wall-clock")
+
+
+def write_json(data, path: str) -> None:
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def plot_curves(reports: list[dict], path: str) -> None:
+    """Best return against environment steps, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in reports:
+        xs = [c["env_steps"] for c in r["curve"]]
+        ys = [c["best_return"] for c in r["curve"]]
+        ax.step(xs, ys, where="post", marker=".", label=f"{r['method']} ({r['episodes']} episodes)")
+    ax.set_xscale("log")
+    ax.set_xlabel("environment steps used")
+    ax.set_ylabel("best return found")
+    first = reports[0]
+    ax.set_title(f"few-shot adaptation: {first['env']}, task {first['task']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
+    """Run methods in order; SAC baselines get the env steps the bracket search used."""
+    reports, steps = [], None
+    for method in methods:
+        options = {"seed": args.seed, "eval_episodes": args.eval_episodes}
+        if method == "bracket":
+            options["budget_episodes"] = args.budget or (9 if quick else None)
+        elif method == "cem":
+            options["cem_rounds"] = args.rounds or (1 if quick else None)
+        else:
+            options["budget_steps"] = 600 if quick else steps
+            options["budget_episodes"] = args.budget
+            if quick:
+                options.update(warmup_steps=200, eval_every=300)
+        reports.append(adapt(policy, task, method, **options))
+        if method == "bracket":
+            steps = reports[-1]["env_steps"]
+    return reports
+
+
+def benchmark(policy, args) -> dict:
+    rows = []
+    for task in BENCHMARK_TASKS[policy.env_name]:
+        reports = run_methods(policy, task, METHODS, args, quick=args.quick)
+        cem = next(r for r in reports if r["method"] == "cem")
+        for r in reports:
+            if r["method"] == "bracket" and not r["extrapolates"]:
+                r["target_met"] = bool((r["error"] is not None and r["error"] <= 0.3)
+                                       or r["return"] >= cem["return"] - 0.05 * abs(cem["return"]))
+            rows.append(r)
+    print(f"{'task':>8} {'method':>9} {'range':>6} {'error':>8} {'return':>9} {'episodes':>8} "
+          f"{'env steps':>9} {'wall s':>7} target")
+    for r in rows:
+        error = "-" if r["error"] is None else f"{r['error']:.3f}"
+        target = {True: "met", False: "MISSED"}.get(r.get("target_met"), "")
+        print(f"{str(r['task']):>8} {r['method']:>9} {'out' if r['extrapolates'] else 'in':>6} {error:>8} "
+              f"{r['return']:>9.1f} {r['episodes']:>8} {r['env_steps']:>9} {r['wall_clock_s']:>7.1f} {target}")
+    return {"env": policy.env_name, "quick": args.quick, "seed": args.seed, "rows": rows}
+
+
+def main(argv=None) -> None:
+    torch.set_num_threads(1)
+    parser = ArgumentParser(prog="adapt.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", help="new task: velocity in m/s (4.5), Ant direction in degrees (77), "
+                                       "halfcheetah-runjump kind:value (run:3.5, jump:5)")
+    parser.add_argument("--env", default=None, help=f"family ({', '.join(envs.FAMILIES)}); default: the checkpoint's")
+    parser.add_argument("--checkpoint", default=None, help="trained EAR policy (default checkpoints/<env>.pt)")
+    parser.add_argument("--method", default="bracket", choices=[*METHODS, "all"], help="see the module docstring")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="search episodes (bracket 45, cem 900; scratch/finetune: x200 env steps)")
+    parser.add_argument("--rounds", type=int, default=None, help="cem rounds of 90 episodes (default 10)")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final measurement")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--out", default=None, help="write the report as JSON (benchmark: results/adapt_benchmark.json)")
+    parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                        help="plot best return against env steps (default path: next to --out)")
+    parser.add_argument("--benchmark", action="store_true", help="every method on the family's test tasks")
+    parser.add_argument("--quick", action="store_true", help="benchmark with tiny budgets (a smoke test)")
+    args = parser.parse_args(argv)
+    for name in ("budget", "rounds", "eval_episodes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for target in (args.out, args.plot):
+        folder = os.path.dirname(target or "") or "."
+        if target and not (os.access(folder, os.W_OK) or not os.path.exists(folder) and _creatable(folder)):
+            parser.error(f"cannot write {target}: folder {folder} is not writable; pass another path")
+    if args.env is not None:
+        try:
+            envs.check_family(args.env)
+        except ValueError as error:
+            parser.error(str(error))
+    path = args.checkpoint or os.path.join("checkpoints", f"{args.env or 'halfcheetah-vel'}.pt")
+    try:
+        policy = load(path, env_name=args.env)
+    except CheckpointError as error:
+        parser.error(str(error))
+    if policy.baseline:
+        parser.error(f"{path} is the plain multi-task baseline, which has no task embedding to search; "
+                     f"pass an EAR checkpoint (train.py without --baseline)")
+
+    if args.benchmark:
+        result = benchmark(policy, args)
+        result["checkpoint"] = path
+        out = args.out or os.path.join("results", "adapt_benchmark.json")
+        _write_outputs(parser, result, result["rows"], out, args.plot)
+        return
+    if args.task is None:
+        parser.error("--task is required (e.g. --task 4.5), or run --benchmark")
+    try:
+        task = envs.parse_task(policy.env_name, args.task)
+    except ValueError as error:
+        parser.error(str(error))
+    prior = bracket_prior(policy, task)
+    if prior["extrapolates"]:
+        print(f"adapt.py: warning: {prior['reason']}; the result extrapolates beyond the training tasks",
+              file=sys.stderr)
+    methods = METHODS if args.method == "all" else (args.method,)
+    reports = run_methods(policy, task, methods, args)
+    for report in reports:
+        report["checkpoint"] = path
+        print(describe(report))
+    data = reports[0] if len(reports) == 1 else {"env": policy.env_name, "task": reports[0]["task"], "results": reports}
+    _write_outputs(parser, data, reports, args.out, args.plot)
+
+
+def _creatable(folder: str) -> bool:
+    """Whether a missing folder could be made: its nearest existing ancestor is writable."""
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return os.access(folder or ".", os.W_OK)
+
+
+def _write_outputs(parser, data, reports, out, plot) -> None:
+    try:
+        if out:
+            write_json(data, out)
+            print(f"wrote {out}")
+        if plot is not None:
+            label = str(reports[0]["task"]).replace(" ", "")
+            png = plot or (os.path.splitext(out)[0] + ".png" if out else f"adapt-{reports[0]['env']}-{label}.png")
+            if len({str(r["task"]) for r in reports}) > 1:  # benchmark: one plot per task
+                for task in dict.fromkeys(str(r["task"]) for r in reports):
+                    name = f"{os.path.splitext(png)[0]}-{task.replace(' ', '')}.png"
+                    plot_curves([r for r in reports if str(r["task"]) == task], name)
+                    print(f"wrote {name}")
+            else:
+                plot_curves(reports, png)
+                print(f"wrote {png}")
+    except OSError as error:
+        parser.error(f"cannot write {error.filename} ({error.strerror}); pass a writable --out or --plot path")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Multi-task soft actor-critic: the update EAR is trained with (paper Sec. 3.3, spec 4).
+
+Notation: o observation, a action, k task id, r reward, d terminal (a fall, never
+the 200-step cap), pi the EAR actor (state encoder + task encoder + decoder),
+Q_1, Q_2 the twin critics on [o, a, onehot(k)], Qbar_i their Polyak-averaged
+targets, alpha the one shared temperature.
+
+One call of `SAC.update(batch)` performs, in the authors' order:
+
+ 1. temperature   J(alpha) = E[ -log alpha * (log pi(a~|o,k) + H_target) ],  a~ ~ pi(.|o, z~_k)
+                  H_target = -|A| (target entropy), log alpha starts at 0.
+ 2. target        y = r + gamma (1 - d) ( min_i Qbar_i(o', a', k) - alpha log pi(a'|o',k) ),
+                  a' ~ pi(.|o', z_k) with the same task's (noise-free) LTE.
+ 3. critic loss   J(Q_i) = E[ (Q_i(o, a, k) - y)^2 ]           (MSE, both critics)
+ 4. actor loss    J(pi)  = E[ alpha log pi(a~|o,k) - min_i Q_i(o, a~, k) ]
+                  where the actor sees the noisy LTE z~ = normalize(z_k + N(0, lte_noise^2))
+                  (spec 3; lte_noise = 0 reproduces the release's effective behaviour).
+                  The gradient reaches the state encoder, task encoder and decoder
+                  only through this loss: the critics never see LSE or LTE.
+ 5. steps         Adam (lr 3e-4) on actor and critics, after clipping each module's
+                  gradient norm to 10 (state encoder, task encoder, decoder, Q_1, Q_2).
+ 6. Polyak        Qbar <- (1 - tau) Qbar + tau Q, tau = 0.005, after every update
+                  (critics only: no target copies of the policy).
+
+Both critic gradients and the actor gradient are taken at the parameters before
+this update's steps, exactly as in the release's order; computing them in one
+backward pass (the actor's Q evaluation uses detached critic weights) changes
+nothing but the speed. Likewise one fused Adam over actor and critic parameters
+is the same arithmetic as one Adam per module with equal hyperparameters.
+
+Hyperparameters (config fields in train.py):
+    gamma 0.99        discount
+    tau 0.005         Polyak rate of the target critics
+    lr 3e-4           Adam step size of actor, critics and temperature
+    grad_clip 10      max gradient norm per module
+    lte_noise 0.02    std of the LTE noise in the actor loss
+    reward_scale 1    multiplies r
+    batch_per_task    task-balanced batch: that many transitions of every task
+                      (paper 128 x T = 1280; Ant 80 x 24 = 1920)
+    replay_per_task   per-task FIFO capacity (paper 1e6 / T)
+    precision         "fp32", or "bf16" autocast for the matrix products
+                      (CPU AMX / GPU tensor cores); parameters and Adam stay fp32.
+
+Speed: the twin critics run as one batched matmul per layer, the whole update
+has no host synchronisation (losses are returned as tensors), the optimiser
+step is fused, and Polyak averaging is one foreach lerp over all parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from policy import Policy, TwinCritic
+
+
+class Replay:
+    """Per-task FIFO ring buffers in one tensor (T, capacity, fields).
+
+    All tasks are stepped together, so every task holds the same number of
+    transitions and one index tensor serves them all."""
+
+    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, act_dim: int, device="cpu"):
+        self.num_tasks, self.capacity = num_tasks, capacity
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.width = 2 * obs_dim + act_dim + 2  # obs, action, reward, next_obs, terminal
+        self.data = torch.zeros(num_tasks, capacity, self.width, device=device)
+        self.position, self.size = 0, 0
+
+    def add(self, obs, action, reward, next_obs, terminal) -> None:
+        """Store one transition per task; arguments are (T, ...) arrays."""
+        row = torch.cat([torch.as_tensor(x, dtype=torch.float32).reshape(self.num_tasks, -1)
+                         for x in (obs, action, reward, next_obs, terminal)], dim=1)
+        self.data[:, self.position] = row.to(self.data.device)
+        self.position = (self.position + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, per_task: int, generator: torch.Generator | None = None) -> dict:
+        """A task-balanced batch: `per_task` uniform draws from every task's buffer."""
+        index = torch.randint(0, self.size, (self.num_tasks, per_task), generator=generator,
+                              device="cpu").to(self.data.device)
+        rows = torch.gather(self.data, 1, index.unsqueeze(-1).expand(-1, -1, self.width)).reshape(-1, self.width)
+        o, a = self.obs_dim, self.act_dim
+        task = torch.arange(self.num_tasks, device=self.data.device).repeat_interleave(per_task)
+        return {"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
+                "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminal": rows[:, -1], "task": task}
+
+    def state_dict(self) -> dict:
+        return {"data": self.data[:, :self.size].cpu().clone(), "position": self.position, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.position = int(state["size"]), int(state["position"])
+        self.data[:, :self.size] = state["data"].to(self.data.device)
+
+
+def _clip_stacked_(params, max_norm: float) -> None:
+    """Clip the gradient of each member of stacked (ensemble-first) parameters
+    to its own norm, as if each critic were a separate module."""
+    squares = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)
+    scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *[1] * (p.dim() - 1)))
+
+
+class SAC:
+    """Networks, target critics, temperature and optimisers; `update` is spec 4."""
+
+    def __init__(self, policy: Policy, critic: TwinCritic, act_dim: int, cfg: dict, device="cpu"):
+        self.policy, self.critic = policy.to(device), critic.to(device)
+        self.target_critic = copy.deepcopy(critic).to(device).requires_grad_(False)
+        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
+        self.target_entropy = -float(act_dim)
+        self.gamma, self.tau = cfg["gamma"], cfg["tau"]
+        self.grad_clip, self.lte_noise = cfg["grad_clip"], cfg["lte_noise"]
+        self.reward_scale = cfg["reward_scale"]
+        fused = device != "mps"
+        self.optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()),
+                                          lr=cfg["lr"], fused=fused)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"])
+        self.actor_modules = ([policy.net] if policy.baseline
+                              else [policy.state_encoder, policy.task_encoder, policy.decoder])
+        self.critic_params = list(critic.parameters())
+        self.target_params = list(self.target_critic.parameters())
+        self.precision = cfg["precision"]
+        self.device_type = torch.device(device).type
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def update(self, batch: dict) -> dict:
+        """One SAC step on a task-balanced batch (steps 1-6 of the module docstring)."""
+        with self.autocast():
+            new_action, log_prob = self.policy(batch["obs"], batch["task"], lte_noise=self.lte_noise)
+        new_action, log_prob = new_action.float(), log_prob.float()
+
+        # 1. temperature
+        entropy_gap = (log_prob.detach() + self.target_entropy).mean()
+        alpha_loss = -self.log_alpha.detach() * entropy_gap
+        self.log_alpha.grad = -entropy_gap  # dJ/dlog(alpha), written out: no second backward pass
+        self.alpha_optimizer.step()
+        alpha = self.log_alpha.detach().exp()
+
+        # 2.-4. target, critic loss, actor loss
+        critic_loss, actor_loss, q = self.losses(batch, new_action, log_prob, alpha)
+
+        # 5. clipped, fused Adam step on actor and critics
+        self.optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        for module in self.actor_modules:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip, foreach=True)
+        _clip_stacked_(self.critic_params, self.grad_clip)
+        self.optimizer.step()
+
+        # 6. Polyak averaging of the target critics, all tensors at once
+        with torch.no_grad():
+            torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
+        return {"critic_loss": critic_loss.detach() / 2, "actor_loss": actor_loss.detach(),
+                "alpha": alpha, "alpha_loss": alpha_loss.detach(), "q": q.detach().mean(),
+                "entropy": -log_prob.detach().mean()}
+
+    def losses(self, batch: dict, new_action, log_prob, alpha):
+        """Critic loss J(Q_1) + J(Q_2), actor loss J(pi) and Q(o, a) for a batch,
+        given the actor's sample a~ and log pi(a~) at o and the temperature."""
+        obs, action, task = batch["obs"], batch["action"], batch["task"]
+        reward = self.reward_scale * batch["reward"]
+        # 2. target
+        with torch.no_grad(), self.autocast():
+            next_action, next_log_prob = self.policy(batch["next_obs"], task)
+            next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
+            target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
+        with self.autocast():
+            # 3. critic loss (sum of the two critics' MSE: each critic gets its own gradient)
+            q = self.critic(obs, action, task).float()
+            critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
+            # 4. actor loss, through the critics' detached weights
+            q_new = self.critic(obs, new_action, task, detach=True).float().min(0).values
+            actor_loss = (alpha * log_prob - q_new).mean()
+        return critic_loss, actor_loss, q
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),
+                "target_critic": self.target_critic.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "optimizer": self.optimizer.state_dict(), "alpha_optimizer": self.alpha_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
