@@ -18,7 +18,8 @@ Methods (--method):
   bracket   (default; at most 45 episodes). Start where the embedding space says the
             task is: the normalised interpolation (1-w) z_a + w z_b of the LTEs of the
             two training tasks that bracket it (velocities: the neighbours with the
-            linear weight w; Ant: the neighbouring directions on the circle). Round 1
+            linear weight w; Ant: the neighbouring directions on the circle; RunJump:
+            the neighbours among the training tasks of the same kind). Round 1
             evaluates that start and points on the great circle through z_a and z_b,
             spaced evenly up to 0.75 of their angle on either side (a 1-d line search).
             A task with no bracket (out of range, or a kind the checkpoint never saw)
@@ -40,7 +41,7 @@ Methods (--method):
             bracket: 1000 warm-up steps, then one update per step, batch 256.
   finetune  the same SAC on the whole pretrained policy: state encoder and decoder
             copied, the task encoder reduced to one trainable LTE that starts at the
-            bracket interpolation (nearest training LTE when there is none), a fresh
+            bracket interpolation (else the edge training LTE of that kind), a fresh
             critic. The temperature starts at 0.05 instead of 1: the pretrained policy is
             nearly deterministic, and alpha = 1 would first drive it to high entropy.
   Both SAC baselines are evaluated every 1000 steps with 3 deterministic episodes that
@@ -61,9 +62,19 @@ Report (printed; --out FILE writes it as JSON; with --method all, {"results": [.
   velocity | heading    mean forward velocity in m/s | Ant: heading of the mean x-y velocity, deg
   error                 |velocity - target| in m/s or heading error in deg (null for jump/stand)
   height                jump and stand tasks: mean root height
-  curve                 [{episodes, env_steps, best_return}] after every round / evaluation
-  wall_clock_s          seconds for the whole call
+  eval_episodes         episodes of the final measurement
+  curve                 [{episodes, env_steps, best_return}] after every round: the best return
+                        seen so far (bracket: its deterministic search episodes; cem: its
+                        stochastic ones; scratch/finetune: their periodic evaluations)
+  wall_clock_s          seconds for the whole call, final measurement included
 --plot draws best return against environment steps for the methods run (PNG next to --out).
+
+Benchmark (--benchmark): every method on the family's test tasks (HalfCheetah-Vel: the
+authors' 3.6, 7.2, 9.5, and 0.5 and 11 outside the training range 1..10), SAC baselines
+with the env steps the bracket search used; prints a table and writes
+results/adapt_benchmark.json (or --out). Target for bracket on in-range tasks: velocity
+error <= 0.3 m/s or return within 5% of cem's, in <= 45 episodes; out-of-range tasks
+are reported, not tuned. --quick shrinks every budget to a smoke test.
 
 Python: adapt(policy, task, method="bracket", budget_episodes=None, seed=0) -> report
 dict; main(argv=None).
@@ -77,7 +88,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -281,23 +292,23 @@ def search_bracket(tally: Tally, policy, prior: dict, rng, budget: int) -> np.nd
 # --------------------------------------------------------------------------
 
 
-def _base_config(policy) -> dict:
-    cfg = getattr(policy, "config", None)
-    if cfg is None:
-        from train import Config
-        cfg = asdict(Config(env=policy.env_name))
-    return dict(cfg)
+def _base_config(policy, **changes):
+    """The checkpoint's training config as a train.Config (defaults for fields it lacks)."""
+    from train import Config
+    known = {f for f in Config.__dataclass_fields__}
+    saved = {k: v for k, v in (getattr(policy, "config", None) or {}).items() if k in known}
+    return replace(Config(**{**saved, "env": policy.env_name}), **changes)
 
 
 def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_WARMUP,
               eval_every=SAC_EVAL_EVERY):
-    """scratch / finetune (module docstring). Returns (network, its LTE input, tally-like dict)."""
-    cfg = _base_config(policy)
-    env = envs.make(policy.env_name, tasks=[task], seed=seed)
-    eval_env = envs.make(policy.env_name, tasks=[task] * SAC_EVAL_EPISODES)
+    """scratch / finetune (module docstring), on train.py's Trainer for collection and
+    replay. Returns (network, its LTE input, cost dict)."""
+    from train import Trainer
+    cfg = _base_config(policy, baseline=method == "scratch", seed=seed, batch_per_task=SAC_BATCH,
+                       replay_per_task=max(budget_steps, 1), n_step=1)
     torch.manual_seed(seed)
-    cfg["baseline"] = method == "scratch"
-    net, critic = build_networks(env.obs_dim, env.act_dim, 1, cfg)
+    net, critic = build_networks(policy.obs_dim, policy.act_dim, 1, asdict(cfg))
     if method == "finetune":
         net.state_encoder.load_state_dict(policy.state_encoder.state_dict())
         net.decoder.load_state_dict(policy.decoder.state_dict())
@@ -305,31 +316,24 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
         with torch.no_grad():
             last.weight.zero_()
             last.bias.copy_(torch.as_tensor(prior["guess"], dtype=torch.float32))
-    sac = SAC(net, critic, env.act_dim, cfg)
+    trainer = Trainer(cfg, out_dir="", name="adapt", progress=False, tasks=[task], networks=(net, critic))
     if method == "finetune":
         with torch.no_grad():
-            sac.log_alpha.fill_(math.log(FINETUNE_ALPHA))
-    replay = Replay(1, max(budget_steps, 1), env.obs_dim, env.act_dim)
-    generator = torch.Generator().manual_seed(seed)
-    task_id = torch.zeros(1, dtype=torch.long)
+            trainer.sac.log_alpha.fill_(math.log(FINETUNE_ALPHA))
+    eval_env = envs.make(policy.env_name, tasks=[task] * SAC_EVAL_EPISODES)
     eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if method == "scratch"
                           else np.repeat(net.task_embeddings, SAC_EVAL_EPISODES, axis=0))
-    obs, _ = env.reset(seed=seed)
-    episodes, best_return, best_state, curve = 1, -math.inf, None, []
+    best_return, best_state, curve = -math.inf, None, []
     for step in range(1, budget_steps + 1):
-        with torch.no_grad():
-            action = net(torch.as_tensor(obs), task_id)[0].numpy()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        replay.add(obs, action, reward, info["final_obs"], terminated)
-        obs = next_obs
+        trainer.collect(1)
         if step > warmup_steps:
-            sac.update(replay.sample(SAC_BATCH, generator))
+            trainer.sac.update(trainer.replay.sample(SAC_BATCH, trainer.generator))
         if step % eval_every == 0 or step == budget_steps:
             score = float(rollout(net, eval_env, eval_input(), seed=seed * 1000 + step)["return"].mean())
             if score > best_return:
                 best_return, best_state = score, copy.deepcopy(net.state_dict())
-            curve.append({"episodes": episodes, "env_steps": step, "best_return": best_return})
-        episodes += int((terminated | truncated)[0]) * (step < budget_steps)
+            curve.append({"episodes": trainer.episodes_finished + 1, "env_steps": step, "best_return": best_return})
+    episodes = trainer.episodes_finished + (0 if trainer.env.episode_step[0] == 0 else 1)
     if best_state is not None:
         net.load_state_dict(best_state)
     lte = None if method == "scratch" else net.task_embeddings[0]
@@ -371,20 +375,23 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if policy.baseline or not policy.env_name:
         raise ValueError("adaptation needs an EAR policy loaded with policy.load (env_name and task embeddings)")
-    task = envs.parse_task(policy.env_name, task) if isinstance(task, str) else envs.normalize_task(policy.env_name, task)
+    parse = envs.parse_task if isinstance(task, str) else envs.normalize_task
+    task = parse(policy.env_name, task)
     budget = DEFAULT_BUDGET[method] if budget_episodes is None else int(budget_episodes)
-    if budget < 1 or eval_episodes < 1:
-        raise ValueError("the budget and the number of evaluation episodes must be at least 1")
+    if budget < 1 or eval_episodes < 1 or (budget_steps is not None and budget_steps < 1):
+        raise ValueError("budgets and the number of evaluation episodes must be at least 1")
     start_time = time.perf_counter()
     policy.eval()
     prior, rng = bracket_prior(policy, task), np.random.default_rng(seed)
     if method in ("bracket", "cem"):
         tally = Tally(policy, task, seed)
         if method == "cem":
-            lte = search_cem(tally, rng, cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES)))
+            rounds = cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES))
+            lte = search_cem(tally, rng, rounds)
         else:
             lte = search_bracket(tally, policy, prior, rng, budget)
-        net, net_input, cost = policy, lte, {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
+        net, net_input = policy, lte
+        cost = {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
     else:
         steps = budget_steps if budget_steps is not None else budget * envs.MAX_STEPS
         net, lte, cost = train_sac(policy, task, method, int(steps), seed, prior, warmup_steps, eval_every)
@@ -467,7 +474,7 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
         elif method == "cem":
             options["cem_rounds"] = args.rounds or (1 if quick else None)
         else:
-            options["budget_steps"] = 600 if quick else steps
+            options["budget_steps"] = 400 if quick else steps
             options["budget_episodes"] = args.budget
             if quick:
                 options.update(warmup_steps=200, eval_every=300)
@@ -494,7 +501,17 @@ def benchmark(policy, args) -> dict:
         target = {True: "met", False: "MISSED"}.get(r.get("target_met"), "")
         print(f"{str(r['task']):>8} {r['method']:>9} {'out' if r['extrapolates'] else 'in':>6} {error:>8} "
               f"{r['return']:>9.1f} {r['episodes']:>8} {r['env_steps']:>9} {r['wall_clock_s']:>7.1f} {target}")
-    return {"env": policy.env_name, "quick": args.quick, "seed": args.seed, "rows": rows}
+    checked = [r for r in rows if "target_met" in r]
+    summary = {"in_range_tasks": len(checked), "targets_met": sum(r["target_met"] for r in checked)}
+    if checked:
+        errors = [r["error"] for r in checked if r["error"] is not None]
+        summary.update(mean_error=float(np.mean(errors)) if errors else None,
+                       max_episodes=max(r["episodes"] for r in checked),
+                       max_wall_clock_s=max(r["wall_clock_s"] for r in checked))
+        print(f"bracket on in-range tasks: target (error <= 0.3 or return within 5% of cem) met on "
+              f"{summary['targets_met']}/{len(checked)}, mean error {summary['mean_error']}, "
+              f"at most {summary['max_episodes']} episodes and {summary['max_wall_clock_s']:.1f} s")
+    return {"env": policy.env_name, "quick": args.quick, "seed": args.seed, "summary": summary, "rows": rows}
 
 
 def main(argv=None) -> None:
@@ -503,27 +520,31 @@ def main(argv=None) -> None:
     parser.add_argument("--task", help="new task: velocity in m/s (4.5), Ant direction in degrees (77), "
                                        "halfcheetah-runjump kind:value (run:3.5, jump:5)")
     parser.add_argument("--env", default=None, help=f"family ({', '.join(envs.FAMILIES)}); default: the checkpoint's")
-    parser.add_argument("--checkpoint", default=None, help="trained EAR policy (default checkpoints/<env>.pt)")
-    parser.add_argument("--method", default="bracket", choices=[*METHODS, "all"], help="see the module docstring")
+    parser.add_argument("--checkpoint", default=None, help="trained EAR policy, unset: checkpoints/<env>.pt")
+    parser.add_argument("--method", default="bracket", choices=[*METHODS, "all"],
+                        help="bracket (ours, <= 45 episodes), cem (the release, 900), scratch or finetune (SAC), all")
     parser.add_argument("--budget", type=int, default=None,
-                        help="search episodes (bracket 45, cem 900; scratch/finetune: x200 env steps)")
-    parser.add_argument("--rounds", type=int, default=None, help="cem rounds of 90 episodes (default 10)")
+                        help="bracket search episodes, unset: 45 (scratch/finetune: x200 env steps; cem: see --rounds)")
+    parser.add_argument("--rounds", type=int, default=None, help="cem rounds of 90 episodes, unset: 10")
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final measurement")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--out", default=None, help="write the report as JSON (benchmark: results/adapt_benchmark.json)")
+    parser.add_argument("--out", default=None,
+                        help="write the report as JSON (benchmark default: results/adapt_benchmark.json)")
     parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                         help="plot best return against env steps (default path: next to --out)")
     parser.add_argument("--benchmark", action="store_true", help="every method on the family's test tasks")
-    parser.add_argument("--quick", action="store_true", help="benchmark with tiny budgets (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets for every method (a smoke test)")
     args = parser.parse_args(argv)
     for name in ("budget", "rounds", "eval_episodes"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for target in (args.out, args.plot):
-        folder = os.path.dirname(target or "") or "."
-        if target and not (os.access(folder, os.W_OK) or not os.path.exists(folder) and _creatable(folder)):
-            parser.error(f"cannot write {target}: folder {folder} is not writable; pass another path")
+        if target:  # fail now, not after minutes of search
+            try:
+                _probe_folder(os.path.dirname(target))
+            except OSError as error:
+                parser.error(f"cannot write {target} ({error.strerror}); pass a writable path")
     if args.env is not None:
         try:
             envs.check_family(args.env)
@@ -555,7 +576,7 @@ def main(argv=None) -> None:
         print(f"adapt.py: warning: {prior['reason']}; the result extrapolates beyond the training tasks",
               file=sys.stderr)
     methods = METHODS if args.method == "all" else (args.method,)
-    reports = run_methods(policy, task, methods, args)
+    reports = run_methods(policy, task, methods, args, quick=args.quick)
     for report in reports:
         report["checkpoint"] = path
         print(describe(report))
@@ -563,11 +584,13 @@ def main(argv=None) -> None:
     _write_outputs(parser, data, reports, args.out, args.plot)
 
 
-def _creatable(folder: str) -> bool:
-    """Whether a missing folder could be made: its nearest existing ancestor is writable."""
-    while folder and not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    return os.access(folder or ".", os.W_OK)
+def _probe_folder(folder: str) -> None:
+    """Make the folder if needed and check that a file can be written in it (raises OSError)."""
+    folder = folder or "."
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".adapt-write-test-{os.getpid()}")
+    open(probe, "w").close()
+    os.remove(probe)
 
 
 def _write_outputs(parser, data, reports, out, plot) -> None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,32 +62,55 @@ class Replay:
     """Per-task FIFO ring buffers in one tensor (T, capacity, fields).
 
     All tasks are stepped together, so every task holds the same number of
-    transitions and one index tensor serves them all."""
+    transitions, in time order, and one index tensor serves them all.
+    Fields per transition: obs, action, reward, next_obs, terminal (a fall),
+    episode_end (terminal or the 200-step cap)."""
 
     def __init__(self, num_tasks: int, capacity: int, obs_dim: int, act_dim: int, device="cpu"):
         self.num_tasks, self.capacity = num_tasks, capacity
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.width = 2 * obs_dim + act_dim + 2  # obs, action, reward, next_obs, terminal
+        self.width = 2 * obs_dim + act_dim + 3
         self.data = torch.zeros(num_tasks, capacity, self.width, device=device)
         self.position, self.size = 0, 0
 
-    def add(self, obs, action, reward, next_obs, terminal) -> None:
+    def add(self, obs, action, reward, next_obs, terminal, episode_end=None) -> None:
         """Store one transition per task; arguments are (T, ...) arrays."""
-        row = torch.cat([torch.as_tensor(x, dtype=torch.float32).reshape(self.num_tasks, -1)
-                         for x in (obs, action, reward, next_obs, terminal)], dim=1)
+        if episode_end is None:
+            episode_end = terminal
+        row = torch.cat([torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(self.num_tasks, -1)
+                         for x in (obs, action, reward, next_obs, terminal, episode_end)], dim=1)
         self.data[:, self.position] = row.to(self.data.device)
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, per_task: int, generator: torch.Generator | None = None) -> dict:
-        """A task-balanced batch: `per_task` uniform draws from every task's buffer."""
-        index = torch.randint(0, self.size, (self.num_tasks, per_task), generator=generator,
-                              device="cpu").to(self.data.device)
-        rows = torch.gather(self.data, 1, index.unsqueeze(-1).expand(-1, -1, self.width)).reshape(-1, self.width)
+    def sample(self, per_task: int, generator: torch.Generator | None = None,
+               n_step: int = 1, gamma: float = 0.99) -> dict:
+        """A task-balanced batch: `per_task` uniform draws from every task's buffer.
+
+        With n_step > 1 each draw is the start of n consecutive transitions of
+        the same simulation, cut at the end of its episode:
+          reward   = sum_i gamma^i r_{t+i}  (i up to the last step of the episode within n)
+          next_obs = the observation after that last step, terminal its fall flag,
+          discount = gamma^(steps used), so the target is reward + discount (1 - terminal) V(next_obs).
+        With n_step = 1 this is the ordinary one-step transition and discount = gamma."""
+        n = min(n_step, self.size)
+        oldest = self.position if self.size == self.capacity else 0
+        offset = torch.randint(0, self.size - n + 1, (self.num_tasks, per_task), generator=generator, device="cpu")
+        index = (oldest + offset.unsqueeze(-1) + torch.arange(n)) % self.capacity  # (T, B, n)
+        index = index.to(self.data.device).reshape(self.num_tasks, -1, 1).expand(-1, -1, self.width)
+        rows = torch.gather(self.data, 1, index).reshape(self.num_tasks * per_task, n, self.width)
         o, a = self.obs_dim, self.act_dim
+        reward, terminal, episode_end = rows[..., o + a], rows[..., -2], rows[..., -1]
+        # still_in_episode[:, i]: no episode ended before step i
+        still_in_episode = torch.cumprod(torch.cat([torch.ones_like(episode_end[:, :1]), 1 - episode_end[:, :-1]], 1), 1)
+        powers = gamma ** torch.arange(n, dtype=reward.dtype, device=reward.device)
+        last = (still_in_episode.sum(1) - 1).long()  # index of the last step used
+        pick = lambda x: x[torch.arange(x.shape[0], device=x.device), last]
         task = torch.arange(self.num_tasks, device=self.data.device).repeat_interleave(per_task)
-        return {"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
-                "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminal": rows[:, -1], "task": task}
+        return {"obs": rows[:, 0, :o], "action": rows[:, 0, o:o + a],
+                "reward": (reward * still_in_episode * powers).sum(1),
+                "next_obs": pick(rows[..., o + a + 1:2 * o + a + 1]), "terminal": pick(terminal),
+                "discount": gamma ** (last + 1).to(reward.dtype), "task": task}
 
     def state_dict(self) -> dict:
         return {"data": self.data[:, :self.size].cpu().clone(), "position": self.position, "size": self.size}
@@ -172,7 +196,8 @@ class SAC:
         with torch.no_grad(), self.autocast():
             next_action, next_log_prob = self.policy(batch["next_obs"], task)
             next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
-            target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
+            discount = batch.get("discount", self.gamma)
+            target = reward + discount * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
         with self.autocast():
             # 3. critic loss (sum of the two critics' MSE: each critic gets its own gradient)
             q = self.critic(obs, action, task).float()

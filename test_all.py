@@ -19,11 +19,15 @@ import mujoco
 import numpy as np
 import pytest
 import torch
+from dataclasses import asdict
 
+import adapt
+import analyze
 import envs
 import policy as policy_module
 from policy import Policy, TwinCritic, build_networks, rollout, task_error
 from sac import SAC, Replay
+from train import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
@@ -660,3 +664,351 @@ def test_shipped_checkpoints_load_and_reproduce():
         fresh = train.evaluate(loaded, env, data["config"]["eval_episodes"], seed=data["config"]["seed"] + 10_000)
         recorded = data["metrics"]["mean_return"]
         assert abs(fresh["mean_return"] - recorded) <= 0.05 * abs(recorded) + 5, (name, fresh["mean_return"], recorded)
+
+
+# ==========================================================================
+# adapt.py
+# ==========================================================================
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = [float(v) for v in range(1, 11)]
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+# Training LTEs on a great circle of the x-y plane; the best LTE for 4.5 lies a little
+# off that circle, so the search has to leave the bracket start to find it.
+TRAIN_LTES = np.array([[math.cos(0.25 * k), math.sin(0.25 * k), 0.0] for k in range(10)])
+BEST_LTE = _unit(_unit(TRAIN_LTES[3] + TRAIN_LTES[4]) + np.array([0.0, 0.0, 0.25]))
+
+
+def lte_sensitive_policy():
+    cfg = asdict(Config(encoder_hidden=[8], task_hidden=[16], decoder_hidden=[8, 8],
+                        critic_hidden=[8], baseline_hidden=[8]))
+    torch.manual_seed(0)
+    net, _ = policy_module.build_networks(17, 6, len(TASKS), cfg)
+    with torch.no_grad():
+        for layer in list(net.task_encoder) + list(net.decoder):
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        first, last = net.task_encoder[0], net.task_encoder[-1]
+        first.weight[:10, :10] = torch.eye(10)  # hidden = one-hot, output = row k of TRAIN_LTES
+        last.weight[:, :10] = torch.as_tensor(TRAIN_LTES.T, dtype=torch.float32)
+        d1, d2, d3 = [m for m in net.decoder if isinstance(m, torch.nn.Linear)]
+        d1.weight[0, 16:] = -torch.as_tensor(BEST_LTE, dtype=torch.float32)  # h = relu(1 - <e*, lte>)
+        d1.bias[0] = 1.0
+        d2.weight[0, 0] = 1.0
+        d3.weight[:6, 0] = 3.0
+        d3.bias[6:] = -1.0
+    net.env_name, net.tasks, net.config = "halfcheetah-vel", list(TASKS), cfg
+    return net.eval()
+
+
+def save_checkpoint(net, path, env_name="halfcheetah-vel"):
+    torch.save({"format": policy_module.CHECKPOINT_FORMAT, "env_name": env_name, "tasks": TASKS,
+                "obs_dim": 17, "act_dim": 6, "config": net.config, "policy": net.state_dict()}, path)
+    return str(path)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(HERE, "adapt.py"), *args], capture_output=True,
+                          text=True, cwd=HERE, timeout=60)
+
+
+def test_embedding_search_leaves_the_networks_bit_identical():
+    net = lte_sensitive_policy()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    adapt.adapt(net, 4.5, "bracket", budget_episodes=6, eval_episodes=2)
+    adapt.adapt(net, 4.5, "cem", cem_rounds=1, eval_episodes=2)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_every_candidate_stays_on_the_unit_sphere(monkeypatch):
+    seen = []
+    real = adapt.evaluate_ltes
+
+    def recording(policy, task, ltes, deterministic, seed, cache):
+        seen.append(np.array(ltes))
+        return real(policy, task, ltes, deterministic, seed, cache)
+
+    monkeypatch.setattr(adapt, "evaluate_ltes", recording)
+    net = lte_sensitive_policy()
+    for task in (4.5, 11.0):  # bracketed, and out of range (all training LTEs, then the edge line)
+        report = adapt.adapt(net, task, "bracket", budget_episodes=24, eval_episodes=2)
+        assert abs(np.linalg.norm(report["lte"]) - 1) < 1e-6
+    adapt.adapt(net, 4.5, "cem", cem_rounds=1, eval_episodes=2)
+    norms = np.linalg.norm(np.concatenate(seen), axis=1)
+    assert len(norms) == 24 + 24 + 90 and np.all(np.abs(norms - 1) < 1e-6)
+
+
+def test_cem_evaluates_90_stochastic_candidates_per_round(monkeypatch):
+    calls = []
+
+    def fake(policy, task, ltes, deterministic, seed, cache):
+        calls.append((len(ltes), deterministic, task))
+        return -np.linalg.norm(np.asarray(ltes) - BEST_LTE, axis=1), 200 * len(ltes)
+
+    monkeypatch.setattr(adapt, "evaluate_ltes", fake)
+    report = adapt.adapt(lte_sensitive_policy(), 7.2, "cem", cem_rounds=3, eval_episodes=2)
+    assert calls == [(90, False, 7.2)] * 3
+    assert report["episodes"] == 270 and report["env_steps"] == 270 * 200
+    assert [c["episodes"] for c in report["curve"]] == [90, 180, 270]
+    assert adapt.adapt(lte_sensitive_policy(), 7.2, "cem", eval_episodes=1)["episodes"] == 900  # 10 rounds
+
+
+def test_bracket_starts_from_the_interpolation_and_respects_the_budget():
+    net = lte_sensitive_policy()
+    prior = adapt.bracket_prior(net, 4.5)
+    assert np.allclose(prior["start"], _unit(TRAIN_LTES[3] + TRAIN_LTES[4]))  # tasks 4 and 5, w = 0.5
+    assert not prior["extrapolates"] and adapt.bracket_prior(net, 0.5)["extrapolates"]
+    report = adapt.adapt(net, 4.5, "bracket", budget_episodes=45, eval_episodes=2)
+    assert report["episodes"] == 45 and report["env_steps"] == 45 * 200
+    assert np.allclose(report["start_lte"], prior["start"])
+    returns = [c["best_return"] for c in report["curve"]]
+    assert returns == sorted(returns)
+
+
+def test_bracket_beats_a_random_embedding_on_a_short_budget():
+    net = lte_sensitive_policy()
+    report = adapt.adapt(net, 4.5, "bracket", budget_episodes=15, eval_episodes=3)
+    rng = np.random.default_rng(0)
+    random_returns = [adapt.measure(net, 4.5, _unit(rng.standard_normal(3)), 3, seed=1)["return"] for _ in range(3)]
+    assert report["return"] > max(random_returns) + 10
+    assert np.dot(report["lte"], BEST_LTE) > math.cos(0.3)  # within 0.3 rad of the best LTE
+
+
+def test_cli_json_report_round_trips(tmp_path, capsys):
+    path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
+    out = tmp_path / "sub" / "result.json"
+    adapt.main(["--checkpoint", path, "--task", "11", "--budget", "12", "--eval-episodes", "2",
+                "--out", str(out), "--plot"])
+    captured = capsys.readouterr()
+    assert "extrapolates" in captured.err and len(captured.err.strip().splitlines()) == 1
+    data = json.loads(out.read_text())
+    for key in ("env", "task", "method", "episodes", "env_steps", "lte", "return", "velocity", "curve"):
+        assert key in data
+    assert data["env"] == "halfcheetah-vel" and data["task"] == 11.0 and data["method"] == "bracket"
+    assert data["episodes"] == 12 and len(data["lte"]) == 3 and abs(np.linalg.norm(data["lte"]) - 1) < 1e-6
+    assert (tmp_path / "sub" / "result.png").stat().st_size > 0
+    direct = adapt.adapt(policy_module.load(path), 11.0, "bracket", budget_episodes=12, eval_episodes=2)
+    assert np.allclose(direct["lte"], data["lte"]) and math.isclose(direct["return"], data["return"])
+
+
+@pytest.mark.parametrize("method", ["scratch", "finetune"])
+def test_sac_baselines_run_within_their_step_budget(method):
+    net = lte_sensitive_policy()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = adapt.adapt(net, 4.5, method, budget_steps=300, warmup_steps=250, eval_every=150, eval_episodes=2)
+    assert report["env_steps"] == 300 and report["episodes"] == 2
+    assert [c["env_steps"] for c in report["curve"]] == [150, 300]
+    assert (report["lte"] is None) == (method == "scratch")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # worked on a copy
+
+
+def _assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_bad_task_values_exit_2_with_one_line(tmp_path):
+    path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
+    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "abc"), "abc")
+    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "nan"), "finite")
+    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "500"), "500")
+
+
+def test_missing_or_corrupt_checkpoint_exits_2_with_one_line(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    _assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "missing.pt"), "--task", "3"), "does not exist")
+    _assert_one_line_error(run_cli("--checkpoint", str(corrupt), "--task", "3"), "corrupt.pt")
+
+
+def test_unknown_or_mismatched_family_exits_2_with_one_line(tmp_path):
+    path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
+    _assert_one_line_error(run_cli("--env", "ant-dir", "--checkpoint", path, "--task", "77"), "halfcheetah-vel")
+    _assert_one_line_error(run_cli("--env", "nope", "--task", "3"), "nope")
+
+
+# ==========================================================================
+# analyze.py
+# ==========================================================================
+
+ANALYZE_HERE = os.path.dirname(os.path.abspath(__file__))
+TINY_NETS = ["--set", "updates_per_epoch=10", "--set", "warmup_epochs=1", "--set", "steps_per_epoch=50",
+             "--set", "encoder_hidden=[16,16]", "--set", "decoder_hidden=[16]", "--set", "critic_hidden=[16]",
+             "--set", "task_hidden=[16]", "--set", "baseline_hidden=[16]", "--no-progress"]
+TINY_BUDGET = ["--episodes", "1", "--directions", "20", "--steps", "50", "--alphas", "3", "--frames", "2", "--no-progress"]
+
+
+def _python(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ANALYZE_HERE, env=env)
+
+
+def _assert_analyze_error(result):
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.strip().splitlines() if line.strip()]) == 1, result.stderr
+
+
+@pytest.fixture(scope="session")
+def analyze_checkpoints(tmp_path_factory):
+    """Tiny untrained checkpoints and logs: HalfCheetah-Vel (EAR and baseline) and the
+    four-motion Run-Jump cheetah (so compose has run, jump and stand tasks)."""
+    out = tmp_path_factory.mktemp("analyze_checkpoints")
+    for extra in ([], ["--baseline"], ["--env", "halfcheetah-runjump", "--tasks", "four-motion"]):
+        result = _python("train.py", "--out", str(out), "--epochs", "2", *extra, *TINY_NETS)
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def analyze_all(analyze_checkpoints, tmp_path_factory):
+    """`analyze.py all` once, at tiny budgets; returns (results folder, stdout)."""
+    out = tmp_path_factory.mktemp("analyze_results")
+    result = _python("analyze.py", "all", "--checkpoints", str(analyze_checkpoints), "--out", str(out), *TINY_BUDGET)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_nlerp_and_slerp_stay_on_the_sphere_and_meet_the_endpoints():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = analyze.fibonacci_sphere(50)[rng.integers(50, size=2)]
+        for fn in (analyze.nlerp, analyze.slerp):
+            assert np.allclose(fn(a, b, 0.0), a) and np.allclose(fn(a, b, 1.0), b)
+            for alpha in np.linspace(0, 1, 7):
+                assert abs(np.linalg.norm(fn(a, b, alpha)) - 1) < 1e-9
+    a, b = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    angles = [np.degrees(np.arccos(analyze.slerp(a, b, t) @ a)) for t in (0.25, 0.5, 0.75)]
+    assert np.allclose(angles, [22.5, 45, 67.5])  # slerp: constant angular speed
+    assert np.allclose(analyze.nlerp(a, b, 0.5), analyze.slerp(a, b, 0.5))
+    assert np.allclose(analyze.slerp(a, a, 0.3), a)
+
+
+def test_fibonacci_sphere_is_unit_and_even():
+    points = analyze.fibonacci_sphere(400)
+    assert points.shape == (400, 3) and np.allclose(np.linalg.norm(points, axis=1), 1)
+    assert abs(points.mean(axis=0)).max() < 0.01
+    nearest = np.sort(np.degrees(np.arccos(np.clip(points @ points.T, -1, 1))), axis=1)[:, 1]
+    assert nearest.max() / nearest.min() < 1.6  # no clumps, no holes
+
+
+def test_equivariance_measure_on_rotation_and_noise():
+    rng = np.random.default_rng(1)
+    skew = rng.standard_normal((16, 16)) * 0.15
+    eigenvalues, vectors = np.linalg.eig(skew - skew.T)
+    rotation = (vectors @ np.diag(np.exp(eigenvalues)) @ np.linalg.inv(vectors)).real  # exp of a skew matrix
+    orbit = [analyze._unit(rng.standard_normal(16))]
+    for _ in range(149):
+        orbit.append(rotation @ orbit[-1])
+    ideal = analyze.equivariance_score(np.array(orbit))
+    assert ideal["residual"] < 1e-6 and ideal["shuffled"] > 0.5 and ideal["steps"] == 150
+    noise = analyze.equivariance_score(analyze._unit(rng.standard_normal((150, 16))))
+    assert noise["residual"] > 0.5 and abs(noise["residual"] - noise["shuffled"]) < 0.15
+    noisy_circle = np.zeros((150, 16))
+    noisy_circle[:, 0], noisy_circle[:, 1] = np.cos(0.4 * np.arange(150)), np.sin(0.4 * np.arange(150))
+    noisy = analyze.equivariance_score(analyze._unit(noisy_circle + 0.05 * rng.standard_normal((150, 16))))
+    assert ideal["residual"] < noisy["residual"] < noise["residual"]
+    with_nan = np.array(orbit)
+    with_nan[100:] = np.nan  # an episode that ended early
+    assert analyze.equivariance_score(with_nan)["steps"] == 100
+
+
+def test_all_writes_every_figure_table_and_summary(analyze_all):
+    out, stdout = analyze_all
+    names = set(os.listdir(out))
+    for stem in ("interpolate_halfcheetah-vel", "sphere_halfcheetah-vel", "sphere_halfcheetah-runjump",
+                 "equivariance_halfcheetah-vel", "curves_halfcheetah-vel", "compose"):
+        assert {f"{stem}.png", f"{stem}.csv"} <= names, names
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"interpolate", "compose", "sphere", "equivariance", "curves"} <= set(summary)
+    assert "skipping ant-dir" in stdout and "interpolate halfcheetah-vel 3->4 nlerp deterministic" in stdout
+    rendered = "render_halfcheetah-vel.png" in names
+    assert rendered == ("no usable OpenGL backend" not in stdout)
+    assert rendered == ("backend" in summary.get("render", {}))
+
+
+def test_interpolate_numbers_follow_the_alpha_convention(analyze_all, analyze_checkpoints, tmp_path):
+    out, _ = analyze_all
+    pair = json.loads((out / "summary.json").read_text())["interpolate"]["halfcheetah-vel"]["2->8"]
+    assert pair["alpha0_task"] == "2" and pair["alpha1_task"] == "8"
+    for key in ("nlerp_deterministic", "nlerp_stochastic", "slerp_deterministic", "slerp_stochastic"):
+        assert len(pair[key]["values"]) == 3 and isinstance(pair[key]["monotonic"], bool)
+    rows = (out / "interpolate_halfcheetah-vel.csv").read_text().splitlines()
+    assert rows[0].startswith("env,pair,method,actions,alpha,mean,std,linear_prediction")
+    assert any(row.startswith("halfcheetah-vel,2->8,slerp,stochastic,0.5,") and row.split(",")[7] == "5.0"
+               for row in rows)  # prediction (1 - alpha) v_a + alpha v_b at alpha = 0.5
+    result = _python("analyze.py", "interpolate", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
+                     "--env", "halfcheetah-vel", "--pair", "5", "6", *TINY_BUDGET)
+    assert result.returncode == 0, result.stderr
+    assert "5->6" in json.loads((tmp_path / "summary.json").read_text())["interpolate"]["halfcheetah-vel"]
+
+
+def test_compose_and_sphere_numbers(analyze_all):
+    out, stdout = analyze_all
+    summary = json.loads((out / "summary.json").read_text())
+    compose = summary["compose"]
+    assert {"run:3", "jump:10", "stand:5", "run:3 + jump:10", "run:3 + stand:5"} <= set(compose)
+    for stats in (compose["run:3 + jump:10"], compose["jump:10"]):
+        assert 0 <= stats["airborne_fraction"] <= 1 and stats["height_peak_max"] >= stats["height_mean"]
+    assert "compose run:3 + jump:10 (nlerp 0.5)" in stdout
+    sphere = summary["sphere"]["halfcheetah-vel"]
+    assert sphere["directions"] == 20 and 0 <= sphere["fraction_in_trained_range"] <= 1
+    assert len((out / "sphere_halfcheetah-vel.csv").read_text().splitlines()) == 21
+    equivariance = summary["equivariance"]["halfcheetah-vel"]
+    assert len(equivariance["per_task"]) == 10 and equivariance["tasks_scored"] == 10
+    assert 0 <= equivariance["residual_mean"] <= 1.5 and 0 <= equivariance["shuffled_mean"] <= 1.5
+
+
+def test_curves_with_and_without_baseline(analyze_all, analyze_checkpoints, tmp_path):
+    out, stdout = analyze_all
+    curves = json.loads((out / "summary.json").read_text())["curves"]
+    assert {"ear", "baseline"} <= set(curves["halfcheetah-vel"]) and "baseline" not in curves["halfcheetah-runjump"]
+    assert "no baseline log" in stdout and "halfcheetah-runjump" in stdout
+    rows = (out / "curves_halfcheetah-vel.csv").read_text().splitlines()
+    assert rows[0] == "run,env_steps,wall_clock_s,mean_return,mean_error" and len(rows) == 3
+
+
+def test_render_without_opengl_says_so_and_skips(analyze_checkpoints, tmp_path):
+    environment = dict(os.environ, MUJOCO_GL="disable")
+    result = _python("analyze.py", "render", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
+                     *TINY_BUDGET, env=environment)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "no usable OpenGL backend" in result.stdout
+    assert not any(name.startswith("render_") for name in os.listdir(tmp_path))
+
+
+def test_compose_without_runjump_checkpoint_is_a_note(analyze_checkpoints, tmp_path):
+    folder = tmp_path / "only-vel"
+    folder.mkdir()
+    (folder / "halfcheetah-vel.pt").write_bytes((analyze_checkpoints / "halfcheetah-vel.pt").read_bytes())
+    result = _python("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    assert result.returncode == 0 and "compose: no" in result.stdout and "skipping" in result.stdout
+
+
+@pytest.mark.parametrize("case", ["unknown", "no-dir", "not-a-number", "missing-env", "bad-family",
+                                  "unwritable", "not-a-task", "broken-file"])
+def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
+    ck, out = str(analyze_checkpoints), str(tmp_path / "out")
+    (tmp_path / "a-file").write_text("x")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "halfcheetah-vel.pt").write_bytes(b"not a checkpoint")
+    args = {"unknown": ["bogus"],
+            "no-dir": ["sphere", "--checkpoints", str(tmp_path / "nowhere"), "--out", out],
+            "not-a-number": ["interpolate", "--checkpoints", ck, "--out", out, "--episodes", "many"],
+            "missing-env": ["sphere", "--checkpoints", ck, "--out", out, "--env", "ant-dir"],
+            "bad-family": ["sphere", "--checkpoints", ck, "--out", out, "--env", "cheetah"],
+            "unwritable": ["curves", "--checkpoints", ck, "--out", str(tmp_path / "a-file" / "out")],
+            "not-a-task": ["interpolate", "--checkpoints", ck, "--out", out, "--env", "halfcheetah-vel", "--pair", "3", "77"],
+            "broken-file": ["sphere", "--checkpoints", str(broken), "--out", out, "--env", "halfcheetah-vel"]}[case]
+    _assert_analyze_error(_python("analyze.py", *args))

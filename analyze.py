@@ -1,0 +1,880 @@
+"""The pictures and numbers behind the paper's claims (EAR, Hua, Chen, Xu, ICLR 2023).
+
+    python analyze.py all                       # every figure and table in results/ (< 15 min, 2 cores)
+    python analyze.py interpolate --pair 3 4    # one subcommand; --help on each lists the flags
+    python analyze.py sphere --env ant-dir --directions 200 --checkpoints DIR --out DIR
+
+Every subcommand reads checkpoints/<env>.pt (and the training logs <env>.csv,
+<env>-baseline.csv), writes a PNG and a CSV into results/, prints its key numbers
+one per line and merges them into results/summary.json under its own name.
+Every policy is run through policy.rollout; parallel simulations of one
+envs.make(env, tasks=[task] * N) stand in for repeated episodes (each starts from
+its own reset noise); the task there only sets the reward, the behaviour we
+measure is the velocity (Ant: heading) and the torso height.
+
+interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
+    For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
+    to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
+    and by slerp (constant angular speed along the great circle). Each e(alpha) is
+    rolled out --episodes times with deterministic (tanh of the mean) and with
+    stochastic actions. Reported: the behaviour at alpha = 0.5; R^2 of the achieved
+    behaviour against the linear prediction (1 - alpha) v_a + alpha v_b, with v the
+    target velocities (Ant: the target headings, unwrapped; "r2_targets") and with v
+    the behaviour achieved at the two ends ("r2_endpoints"); monotonic: no step in
+    alpha moves against the direction a -> b by more than 0.05 m/s (Ant 2 degrees).
+    R^2 = 1 - sum (y - prediction)^2 / sum (y - mean y)^2 over the alphas (y: the
+    mean over episodes); null when y does not vary (a policy that stands still).
+    Velocity: mean over steps 50-200 of the episode; Ant heading: direction of the
+    torso's displacement over the episode (spec 8: heading of the final position).
+compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
+    normalize((1 - mix) e_run + mix e_jump), and e_stand likewise when the checkpoint
+    has a stand task, against the pure tasks. Over steps 50-200, like the velocity:
+    forward velocity, mean and peak root height z (the root slide: 0 at the start
+    pose with the torso 0.7 m above the floor, about -0.12 m for a cheetah standing
+    at rest) and the airborne fraction, the fraction of steps with z above
+    --airborne-height (0.2 m: a level torso is then 0.9 m up, out of reach of the
+    ~0.6 m legs; a rearing cheetah can pass it with a hind foot down, so read it
+    as "high" rather than strictly airborne).
+sphere  (the paper's self-organised LTE space; spec 9)
+    The trained LTEs on S^2 and --directions Fibonacci-lattice directions, one
+    rollout each, coloured by the velocity (Ant: heading, and speed) they produce.
+    neighbour_ratio = mean |b_i - b_nn(i)| / mean |b_i - b_j| over the lattice
+    (nn: nearest lattice neighbour; j: random partner): 0 is a perfectly smooth
+    behaviour map, 1 a map with no spatial structure. lte_nearest_is_adjacent_task:
+    fraction of trained LTEs whose nearest other LTE belongs to a neighbouring task
+    in the task list (1: the LTEs lie on a curve in task order).
+equivariance  (the paper's claim that the LSE is equivariant; spec 9)
+    LSE trajectories s_t of every training task (steps 50-200, deterministic),
+    projected to their first two principal components, and this measure (ours):
+        R* = argmin_{R in O(16)} sum_t ||R s_t - s_{t+1}||^2   (orthogonal Procrustes:
+             R* = U V^T from the SVD  sum_t s_{t+1} s_t^T = U S V^T)
+        residual = sum_t ||R* s_t - s_{t+1}||^2 / sum_t ||s_t - s_{t+1}||^2
+    i.e. the part of each step that one fixed rotation cannot explain, relative to
+    standing still (R = I). 0: the time shift acts on the LSE as one fixed rotation
+    (equivariant: the gait is an orbit of a group action); 1: a rotation predicts
+    the next LSE no better than the current one. "shuffled" is the same residual
+    with the time order randomly permuted (mean of 20 permutations): the chance
+    level of fitting a rotation (16*15/2 free parameters) to steps with no order.
+    Also reported: step_deg, the mean angle the LSE turns per step (a nearly still
+    LSE makes any residual meaningless: below 0.01 degrees per step the residual
+    is NaN), and NaN for trajectories shorter than 2*16 + 2 steps (falls).
+curves  (EAR against multi-task SAC during training; spec 9)
+    Mean return and mean error over the training tasks against env steps and
+    wall-clock, EAR against the plain multi-task SAC baseline, from the CSV logs.
+render
+    Filmstrip PNG and side-by-side GIF of the cheetah at a training LTE and at the
+    nlerp midpoint of a pair, through mujoco.Renderer (headless: MUJOCO_GL=egl,
+    then osmesa, tried in a child process); without OpenGL it says so and skips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import envs  # noqa: E402
+import policy as policy_lib  # noqa: E402
+from envs import ArgumentParser  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROG = "analyze.py"
+TITLES = {"halfcheetah-vel": "HalfCheetah-Vel", "halfcheetah-runjump": "HalfCheetah-Run-Jump",
+          "hopper-vel": "Hopper-Vel", "walker-vel": "Walker-Vel", "ant-dir": "Ant-Dir"}
+# (alpha = 0 task, alpha = 1 task): a neighbouring and a distant pair per family.
+DEFAULT_PAIRS = {"halfcheetah-vel": [("3", "4"), ("2", "8")], "hopper-vel": [("0.8", "1"), ("0.4", "1.6")],
+                 "walker-vel": [("0.8", "1"), ("0.4", "1.6")], "ant-dir": [("90", "105"), ("0", "90")],
+                 "halfcheetah-runjump": [("run:3", "run:4"), ("run:2", "run:6")]}
+SUBCOMMANDS = ("interpolate", "compose", "sphere", "equivariance", "curves", "render")
+_POLICY_CACHE: dict = {}
+STILL_DEG = 0.01  # an LSE turning less than this per step stands still: no orbit to score
+
+
+def say(line: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------
+# Geometry on the sphere, and the equivariance measure
+# --------------------------------------------------------------------------
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def nlerp(a, b, alpha: float) -> np.ndarray:
+    """normalize((1 - alpha) a + alpha b): a at alpha = 0, b at alpha = 1."""
+    mix = (1.0 - alpha) * _unit(a) + alpha * _unit(b)
+    norm = np.linalg.norm(mix)
+    if norm < 1e-9:
+        raise ValueError("nlerp of opposite vectors at their midpoint has no direction")
+    return mix / norm
+
+
+def slerp(a, b, alpha: float) -> np.ndarray:
+    """Great-circle interpolation at constant angular speed: a at alpha = 0, b at alpha = 1."""
+    a, b = _unit(a), _unit(b)
+    omega = math.acos(float(np.clip(a @ b, -1.0, 1.0)))
+    if math.sin(omega) < 1e-6:  # (nearly) equal vectors: the chord is the arc
+        return nlerp(a, b, alpha)
+    mix = (math.sin((1 - alpha) * omega) * a + math.sin(alpha * omega) * b) / math.sin(omega)
+    return mix / np.linalg.norm(mix)
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """n nearly evenly spread unit vectors (n, 3): equal-area z bands, golden-angle longitudes."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = np.sqrt(1.0 - z ** 2)
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def _procrustes_residual(x: np.ndarray, y: np.ndarray) -> float:
+    u, _, vt = np.linalg.svd(y.T @ x)
+    rotation = u @ vt  # the orthogonal R minimising sum ||R x_t - y_t||^2
+    still = np.sum((y - x) ** 2)
+    return float(np.sum((x @ rotation.T - y) ** 2) / still) if still > 1e-12 else float("nan")
+
+
+def equivariance_score(trajectory, shuffles: int = 20, seed: int = 0) -> dict:
+    """Orthogonal-Procrustes residual of one LSE trajectory (steps, d), in time order and
+    with shuffled time order (see the module docstring), and the mean angle the LSE
+    turns per step ("step_deg": near 0, the LSE stands still and the residual says
+    little). Rows with NaN (after an episode's end) are dropped; fewer than 2d + 2
+    rows leave too few steps to pin down a rotation of R^d, and give NaN; so does a
+    still LSE (step_deg < STILL_DEG), whose tiny steps any map fits."""
+    s = np.asarray(trajectory, dtype=np.float64)
+    s = s[np.isfinite(s).all(axis=1)]
+    score = {"residual": float("nan"), "shuffled": float("nan"), "shuffled_std": float("nan"),
+             "step_deg": float("nan"), "steps": len(s)}
+    if len(s) < 2 * s.shape[1] + 2:
+        return score
+    rng = np.random.default_rng(seed)
+    shuffled = []
+    for _ in range(shuffles):
+        p = s[rng.permutation(len(s))]
+        shuffled.append(_procrustes_residual(p[:-1], p[1:]))
+    shuffled = np.array([v for v in shuffled if math.isfinite(v)] or [float("nan")])
+    cosines = np.clip(np.sum(_unit(s[:-1]) * _unit(s[1:]), axis=1), -1, 1)
+    step_deg = float(np.degrees(np.arccos(cosines)).mean())
+    score.update(shuffled=float(shuffled.mean()), shuffled_std=float(shuffled.std()), step_deg=step_deg)
+    if step_deg >= STILL_DEG:
+        score["residual"] = _procrustes_residual(s[:-1], s[1:])
+    return score
+
+
+def r_squared(y, prediction) -> float:
+    y, prediction = np.asarray(y, float), np.asarray(prediction, float)
+    total = np.sum((y - y.mean()) ** 2)
+    # Undefined when the achieved behaviour does not vary (e.g. a policy that stands still).
+    return float(1.0 - np.sum((y - prediction) ** 2) / total) if total > 1e-6 * len(y) else float("nan")
+
+
+def _wrap(degrees):
+    return (np.asarray(degrees) + 180.0) % 360.0 - 180.0
+
+
+# --------------------------------------------------------------------------
+# Checkpoints, rollouts, files
+# --------------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    envs.fail(message, PROG)
+
+
+def _load(path: str, family: str):
+    if path not in _POLICY_CACHE:
+        try:
+            _POLICY_CACHE[path] = policy_lib.load(path, family)
+        except policy_lib.CheckpointError as error:
+            _fail(str(error))
+    return _POLICY_CACHE[path]
+
+
+def checkpoints(args, command: str, default_families) -> list:
+    """(family, policy) for the families asked for (--env) or, by default, those of
+    `default_families` whose checkpoint exists; a missing asked-for one is an error."""
+    families = args.env or list(default_families)
+    found, missing = [], []
+    for family in families:
+        path = os.path.join(args.checkpoints, f"{family}.pt")
+        if not os.path.isfile(path):
+            if args.env:
+                _fail(f"{command}: no checkpoint {path}; train one with `python train.py --env {family}` "
+                      f"or pass --checkpoints DIR")
+            missing.append(family)
+            continue
+        policy = _load(path, family)
+        if policy.baseline:
+            _fail(f"{path} is a plain multi-task SAC baseline without task embeddings; pass an EAR checkpoint")
+        found.append((family, policy))
+    if missing:
+        say(f"{command}: skipping {', '.join(missing)} (no checkpoint in {args.checkpoints})")
+    return found
+
+
+def task_index(policy, family: str, text: str) -> int:
+    """Index of the training task written as on the command line ('3', '90', 'run:3')."""
+    task = envs.parse_task(family, text)
+    for i, known in enumerate(policy.tasks):
+        if (known == task if isinstance(task, tuple) else abs(float(known) - task) < 1e-6):
+            return i
+    raise ValueError(f"task {text} is not a training task of this checkpoint "
+                     f"({', '.join(envs.task_label(t) for t in policy.tasks)})")
+
+
+def target_of(family: str, task):
+    """The task's target behaviour: velocity in m/s, Ant direction in degrees, None for jump/stand."""
+    if isinstance(task, tuple):
+        return task[1] if task[0] == "run" else None
+    return float(task)
+
+
+def simulate(policy, family: str, ltes, args, deterministic=True, record=False):
+    """One episode of every embedding in `ltes`, in parallel simulations of one env."""
+    env = envs.make(family, tasks=[policy.tasks[0]] * len(ltes), seed=args.seed)
+    env.max_steps = args.steps
+    result = policy_lib.rollout(policy, env, np.asarray(ltes, dtype=np.float32), episodes=1,
+                                deterministic=deterministic, record=record, seed=args.seed)
+    return result, env
+
+
+def behaviour(env, result) -> np.ndarray:
+    """Per simulation: forward velocity (m/s), or for the Ant the heading in degrees
+    of the torso's displacement over the episode."""
+    if env.family.planar:
+        return result["velocity"]
+    v = result["velocity_all"]
+    return np.degrees(np.arctan2(v[:, 1], v[:, 0]))
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 5) if math.isfinite(value) else None
+    return value
+
+
+def merge_summary(out: str, command: str, numbers: dict) -> None:
+    path = os.path.join(out, "summary.json")
+    summary = {}
+    if os.path.isfile(path):
+        try:
+            with open(path) as handle:
+                summary = json.load(handle)
+        except (OSError, ValueError):
+            summary = {}
+    summary.setdefault(command, {})
+    if isinstance(summary[command], dict):
+        summary[command].update(_clean(numbers))
+    else:
+        summary[command] = _clean(numbers)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(summary, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _save(fig, path: str) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# interpolate
+# --------------------------------------------------------------------------
+
+
+def interpolate(args) -> dict:
+    """Sweep nlerp and slerp between pairs of training LTEs; plot behaviour against alpha."""
+    numbers, problems = {}, []
+    for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
+        planar, unit = envs.FAMILIES[family].planar, ("m/s" if envs.FAMILIES[family].planar else "deg")
+        pairs = []
+        for a_text, b_text in (args.pair or DEFAULT_PAIRS[family]):
+            try:
+                ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
+                if target_of(family, policy.tasks[ia]) is None or target_of(family, policy.tasks[ib]) is None:
+                    raise ValueError("both tasks must have a velocity target (run tasks)")
+            except ValueError as error:
+                problems.append(f"{family} {a_text}->{b_text}: {error}")
+                say(f"interpolate {family}: skipping pair {a_text}->{b_text} ({error})")
+                continue
+            pairs.append((ia, ib))
+        if not pairs:
+            continue
+        E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
+        methods = {"nlerp": nlerp, "slerp": slerp}
+        ltes = np.array([fn(E[ia], E[ib], a) for ia, ib in pairs for fn in methods.values() for a in alphas])
+        tiled = np.repeat(ltes, episodes, axis=0)  # parallel simulations as repeated episodes
+        values = {}
+        for mode in ("deterministic", "stochastic"):
+            result, env = simulate(policy, family, tiled, args, deterministic=mode == "deterministic")
+            values[mode] = behaviour(env, result).reshape(len(pairs), len(methods), len(alphas), episodes)
+        fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
+        rows, family_numbers = [], {}
+        for p, (ia, ib) in enumerate(pairs):
+            ta, tb = policy.tasks[ia], policy.tasks[ib]
+            va, vb = target_of(family, ta), target_of(family, tb)
+            span = vb - va if planar else float(_wrap(vb - va))
+            predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
+            name = f"{envs.task_label(ta)}->{envs.task_label(tb)}"
+            ax, pair_numbers = axes[0, p], {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb)}
+            ax.plot(alphas, predicted, "k--", lw=1, label="linear prediction (1-α)·v_a + α·v_b")
+            for m, method in enumerate(methods):
+                for mode, style in (("deterministic", "-"), ("stochastic", ":")):
+                    v = values[mode][p, m]
+                    if not planar:  # headings unwrapped around the prediction
+                        v = predicted[:, None] + _wrap(v - predicted[:, None])
+                    mean, std = v.mean(axis=1), v.std(axis=1)
+                    ends = mean[0] + alphas * (mean[-1] - mean[0])
+                    steps = np.diff(mean) * np.sign(span if span else 1.0)
+                    tolerance = 0.05 if planar else 2.0
+                    stats = {"alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(),
+                             "std": std.tolist(), "r2_targets": r_squared(mean, predicted),
+                             "r2_endpoints": r_squared(mean, ends), "monotonic": bool(np.all(steps > -tolerance)),
+                             "fraction_steps_forward": float(np.mean(steps > 0))}
+                    pair_numbers[f"{method}_{mode}"] = stats
+                    color = "C0" if method == "nlerp" else "C1"
+                    ax.plot(alphas, mean, style, color=color, marker="o" if style == "-" else None, ms=3,
+                            label=f"{method}, {mode} actions")
+                    ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
+                    say(f"interpolate {family} {name} {method} {mode}: alpha 0.5 gives "
+                        f"{stats['alpha_0.5']:.2f} {unit} (line {va + 0.5 * span:.2f}), R^2 "
+                        f"{stats['r2_targets']:.2f} vs targets, {stats['r2_endpoints']:.2f} vs endpoints, "
+                        f"{'monotonic' if stats['monotonic'] else 'not monotonic'}")
+                    rows += [{"env": family, "pair": name, "method": method, "actions": mode, "alpha": round(a, 4),
+                              "mean": round(float(mu), 4), "std": round(float(sd), 4),
+                              "linear_prediction": round(float(pr), 4), "episodes": episodes}
+                             for a, mu, sd, pr in zip(alphas, mean, std, predicted)]
+            ax.plot([0, 1], [va, va + span], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
+            ax.set(title=f"{TITLES[family]}: {envs.task_label(ta)} (α=0) → {envs.task_label(tb)} (α=1)",
+                   xlabel="interpolation weight α", ylabel=("achieved forward velocity (m/s), steps 50-200"
+                                                           if planar else "achieved heading (degrees)"))
+            ax.grid(alpha=0.3)
+            family_numbers[name] = pair_numbers
+        axes[0, 0].legend(fontsize=7, loc="best")
+        fig.suptitle(f"Zero-shot LTE interpolation, mean ± std over {episodes} episodes", fontsize=10)
+        _save(fig, os.path.join(args.out, f"interpolate_{family}.png"))
+        write_csv(os.path.join(args.out, f"interpolate_{family}.csv"), rows)
+        numbers[family] = family_numbers
+    if args.pair and not numbers and problems:
+        _fail(f"interpolate --pair {problems[0]}")
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# compose
+# --------------------------------------------------------------------------
+
+
+def compose(args) -> dict:
+    """Run + jump (+ stand) LTE compositions against the pure tasks on the multi-modal cheetah."""
+    family = "halfcheetah-runjump"
+    if args.env and family not in args.env:
+        say(f"compose: skipped ({family} not among --env)")
+        return {}
+    path = os.path.join(args.checkpoints, f"{family}.pt")
+    if not os.path.isfile(path):
+        say(f"compose: no {path}; train it with `python train.py --env {family}`; skipping")
+        return {}
+    policy = _load(path, family)
+    kinds = {k: [i for i, t in enumerate(policy.tasks) if t[0] == k] for k in envs.TASK_KINDS}
+
+    def pick(kind, text, default):
+        if text:
+            try:
+                index = task_index(policy, family, text)
+            except ValueError as error:
+                _fail(f"compose --{kind}: {error}")
+            if policy.tasks[index][0] != kind:
+                _fail(f"compose --{kind} {text} is not a {kind} task")
+            return index
+        return default(kinds[kind]) if kinds[kind] else None
+
+    run = pick("run", args.run, lambda ids: sorted(ids, key=lambda i: policy.tasks[i][1])[len(ids) // 2])
+    others = [pick(k, getattr(args, k), lambda ids: max(ids, key=lambda i: policy.tasks[i][1])) for k in ("jump", "stand")]
+    if run is None or others[0] is None:
+        say(f"compose: {path} has no run and jump tasks; skipping")
+        return {}
+    E, label = policy.task_embeddings, (lambda i: envs.task_label(policy.tasks[i]))
+    combos = [(label(run), E[run])]
+    for other in others:
+        if other is not None:
+            combos += [(label(other), E[other]), (f"{label(run)} + {label(other)}", nlerp(E[run], E[other], args.mix))]
+    episodes = args.episodes
+    result, env = simulate(policy, family, np.repeat([lte for _, lte in combos], episodes, axis=0), args, record=True)
+    heights = result["height_steps"].reshape(len(result["height_steps"]), len(combos), episodes)
+    speeds = result["velocity_steps"].reshape(heights.shape)
+    # Height statistics over the same steps as the velocity (after the start-up
+    # fall from the initial pose), when the episode is long enough to have them.
+    settled = policy_lib.SETTLE_STEPS if len(heights) > policy_lib.SETTLE_STEPS + 10 else 0
+    numbers, rows = {"mix": args.mix, "airborne_height_m": args.airborne_height}, []
+    fig, (ax_v, ax_h) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    t = np.arange(len(heights)) * env.dt
+    for c, (name, _) in enumerate(combos):
+        h, vel = heights[settled:, c], result["velocity"].reshape(len(combos), episodes)[c]
+        stats = {"velocity": float(vel.mean()), "velocity_std": float(vel.std()),
+                 "height_mean": float(np.nanmean(h)), "height_peak_mean": float(np.nanmean(np.nanmax(h, axis=0))),
+                 "height_peak_max": float(np.nanmax(h)), "airborne_fraction": float(np.nanmean(h > args.airborne_height))}
+        numbers[name] = stats
+        rows.append({"embedding": name, **{k: round(v, 4) for k, v in stats.items()}, "episodes": episodes})
+        style = "-" if "+" in name else ":"
+        ax_v.plot(t, speeds[:, c, 0], style, lw=1.2, label=f"{name}: {stats['velocity']:.2f} m/s")
+        ax_h.plot(t, heights[:, c, 0], style, lw=1.2, label=f"{name}: mean {stats['height_mean']:.2f} m, peak "
+                  f"{stats['height_peak_mean']:.2f} m, high {100 * stats['airborne_fraction']:.0f}%")
+    for name, stats in numbers.items():
+        if "+" in str(name):
+            parts = " | ".join(f"{p} alone {numbers[p]['velocity']:.2f} m/s, mean height {numbers[p]['height_mean']:.2f} m, "
+                               f"airborne {100 * numbers[p]['airborne_fraction']:.0f}%" for p in name.split(" + "))
+            say(f"compose {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean height {stats['height_mean']:.2f} m, "
+                f"peak {stats['height_peak_mean']:.2f} m, airborne {100 * stats['airborne_fraction']:.0f}% | {parts}")
+    ax_h.axhline(args.airborne_height, color="gray", ls="--", lw=0.8, label=f"airborne threshold {args.airborne_height:g} m")
+    ax_v.set(ylabel="forward velocity (m/s)", title=f"{TITLES[family]}: composing LTEs (nlerp weight {args.mix:g}), "
+             f"episode 1 of {episodes};\nnumbers: means over all episodes, steps {settled}-{len(heights)}")
+    ax_h.set(xlabel="time (s)", ylabel="root height z (m, 0 = start pose)")
+    for ax in (ax_v, ax_h):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    _save(fig, os.path.join(args.out, "compose.png"))
+    write_csv(os.path.join(args.out, "compose.csv"), rows)
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# sphere
+# --------------------------------------------------------------------------
+
+
+def sphere(args) -> dict:
+    """Behaviour map of the whole LTE sphere, with the trained LTEs on it."""
+    numbers = {}
+    directions = fibonacci_sphere(args.directions)
+    nearest = np.argmax(directions @ directions.T - 2 * np.eye(len(directions)), axis=1)
+    partner = np.random.default_rng(args.seed).permutation(len(directions))
+    for family, policy in checkpoints(args, "sphere", list(envs.FAMILIES)):
+        result, env = simulate(policy, family, directions, args)
+        planar, E = env.family.planar, policy.task_embeddings
+        b = behaviour(env, result)
+        diff = (lambda x, y: np.abs(x - y)) if planar else (lambda x, y: np.abs(_wrap(x - y)))
+        spread = np.mean(diff(b, b[partner]))
+        stats = {"directions": len(directions),
+                 "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
+        # Do the trained LTEs lie in task order? Nearest other LTE should be a neighbouring task.
+        angles = np.degrees(np.arccos(np.clip(E @ E.T, -1, 1))) + 1e3 * np.eye(len(E))
+        stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
+        stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
+        panels = []
+        if planar:
+            targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
+            inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
+            stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
+            panels.append((b, "forward velocity (m/s)", "viridis"))
+            if family == "halfcheetah-runjump":
+                panels.append((result["height_mean"], "mean root height (m)", "magma"))
+            say(f"sphere {family}: {len(b)} directions give {b.min():.2f} to {b.max():.2f} m/s, "
+                f"{100 * inside.mean():.0f}% inside the trained range, neighbour ratio {stats['neighbour_ratio']:.2f} "
+                f"(0 smooth, 1 unstructured), nearest LTE is an adjacent task for {100 * stats['lte_nearest_is_adjacent_task']:.0f}%")
+        else:
+            speed = np.linalg.norm(result["velocity"], axis=1)
+            sectors = np.unique(np.round(_wrap(b[speed > 0.5]) / 15.0) % 24)
+            stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
+            panels += [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
+            say(f"sphere {family}: {len(b)} directions cover {len(sectors)}/24 heading sectors of 15 degrees at "
+                f"> 0.5 m/s, neighbour ratio {stats['neighbour_ratio']:.2f} (0 smooth, 1 unstructured)")
+        lon, lat = np.degrees(np.arctan2(directions[:, 1], directions[:, 0])), np.degrees(np.arcsin(directions[:, 2]))
+        e_lon, e_lat = np.degrees(np.arctan2(E[:, 1], E[:, 0])), np.degrees(np.arcsin(np.clip(E[:, 2], -1, 1)))
+        fig = plt.figure(figsize=(11, 4.4 * len(panels)))
+        for k, (values, name, cmap) in enumerate(panels):
+            ax3 = fig.add_subplot(len(panels), 2, 2 * k + 1, projection="3d")
+            dots = ax3.scatter(*directions.T, c=values, cmap=cmap, s=max(6.0, 4000 / len(directions)), alpha=0.85)
+            ax3.plot(*E.T, "k-", lw=1)
+            ax3.scatter(*(1.08 * E).T, marker="*", c="k", s=60, label="trained LTEs")
+            ax3.set(title=f"trained LTEs and lattice, colour: {name.split(' (')[0]}", xlabel="x", ylabel="y", zlabel="z")
+            ax3.set_box_aspect((1, 1, 1))
+            ax3.legend(fontsize=7, loc="upper left")
+            ax = fig.add_subplot(len(panels), 2, 2 * k + 2)
+            ax.scatter(lon, lat, c=values, cmap=cmap, s=max(8.0, 6000 / len(directions)))
+            ax.plot(e_lon, e_lat, "k*", ms=9)
+            for lo, la, task in zip(e_lon, e_lat, policy.tasks):
+                ax.annotate(envs.task_label(task), (lo, la), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude of the LTE (degrees)",
+                   ylabel="latitude of the LTE (degrees)", title="the same, as a longitude-latitude map")
+            fig.colorbar(dots, ax=ax, label=name)
+        fig.suptitle(f"{TITLES[family]}: behaviour over the LTE sphere ({len(directions)} Fibonacci-lattice "
+                     f"directions, one deterministic rollout each; stars: trained LTEs)", y=1.0)
+        _save(fig, os.path.join(args.out, f"sphere_{family}.png"))
+        columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2],
+                   ("velocity_mps" if planar else "heading_deg"): b,
+                   "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
+        write_csv(os.path.join(args.out, f"sphere_{family}.csv"),
+                  [{k: round(float(v[i]), 4) for k, v in columns.items()} for i in range(len(directions))])
+        numbers[family] = stats
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# equivariance
+# --------------------------------------------------------------------------
+
+
+def equivariance(args) -> dict:
+    """LSE orbits over the gait (PCA) and the orthogonal-Procrustes residual per task."""
+    numbers = {}
+    for family, policy in checkpoints(args, "equivariance", list(envs.FAMILIES)):
+        result, env = simulate(policy, family, policy.task_embeddings, args, record=True)
+        with torch.no_grad():
+            lse = policy.lse(torch.as_tensor(result["obs"], dtype=torch.float32)).double().numpy()  # (steps, T, 16)
+        start = policy_lib.SETTLE_STEPS if len(lse) > policy_lib.SETTLE_STEPS + 10 else len(lse) // 4
+        lse = lse[start:]
+        scores = [equivariance_score(lse[:, k], seed=args.seed) for k in range(len(policy.tasks))]
+        residual = np.array([s["residual"] for s in scores])
+        shuffled = np.array([s["shuffled"] for s in scores])
+        points = lse.reshape(-1, lse.shape[-1])
+        points = points[np.isfinite(points).all(axis=1)]
+        mean = points.mean(axis=0)
+        _, singular, vt = np.linalg.svd(points - mean, full_matrices=False)
+        explained = singular ** 2 / np.sum(singular ** 2)
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+        shown = sorted(set(np.linspace(0, len(policy.tasks) - 1, min(5, len(policy.tasks))).round().astype(int)))
+        for k, color in zip(shown, plt.cm.viridis(np.linspace(0, 0.9, len(shown)))):
+            xy = (lse[:, k] - mean) @ vt[:2].T
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, label=f"task {envs.task_label(policy.tasks[k])}")
+            ax.plot(xy[0, 0], xy[0, 1], "o", color=color, ms=4)
+        ax.set(xlabel=f"PC 1 of the LSE ({100 * explained[0]:.0f}% of variance)",
+               ylabel=f"PC 2 ({100 * explained[1]:.0f}%)",
+               title=f"LSE trajectories, steps {start}-{start + len(lse)} (dot: first step)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        x = np.arange(len(policy.tasks))
+        bx.bar(x - 0.2, residual, 0.4, label="time order")
+        bx.bar(x + 0.2, shuffled, 0.4, color="gray", label="shuffled time order")
+        bx.set_xticks(x, [envs.task_label(t) for t in policy.tasks], rotation=90 if len(x) > 12 else 0, fontsize=7)
+        bx.set(xlabel="training task", ylabel="Procrustes residual (0 = one rotation per step)", ylim=(0, 1.05),
+               title="residual of the best rotation LSE_t -> LSE_t+1")
+        bx.legend(fontsize=7)
+        fig.suptitle(f"{TITLES[family]}: latent sensory embeddings (LSE) over the gait, deterministic actions", y=1.02)
+        _save(fig, os.path.join(args.out, f"equivariance_{family}.png"))
+        write_csv(os.path.join(args.out, f"equivariance_{family}.csv"),
+                  [{"task": envs.task_label(t), **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in s.items()}}
+                   for t, s in zip(policy.tasks, scores)])
+        finite_mean = (lambda v: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan"))
+        step_deg = np.array([s["step_deg"] for s in scores])
+        numbers[family] = {"residual_mean": finite_mean(residual), "shuffled_mean": finite_mean(shuffled),
+                           "step_deg_mean": finite_mean(step_deg), "tasks_scored": int(np.isfinite(residual).sum()),
+                           "per_task": {envs.task_label(t): s for t, s in zip(policy.tasks, scores)},
+                           "pca_explained_2": float(explained[:2].sum())}
+        if not numbers[family]["tasks_scored"]:
+            say(f"equivariance {family}: no task has a moving LSE trajectory of {2 * lse.shape[-1] + 2}+ steps "
+                f"(falls, or a policy that stands still); nothing to score")
+            continue
+        say(f"equivariance {family}: Procrustes residual {numbers[family]['residual_mean']:.3f} in time order vs "
+            f"{numbers[family]['shuffled_mean']:.3f} shuffled (0 = exactly equivariant), LSE turns "
+            f"{numbers[family]['step_deg_mean']:.2f} deg per step, mean over {numbers[family]['tasks_scored']}/{len(x)} tasks")
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# curves
+# --------------------------------------------------------------------------
+
+
+def read_log(path: str) -> dict:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = ("env_steps", "wall_clock_s", "mean_return", "mean_error")
+    try:
+        return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]) for k in columns}
+    except ValueError:
+        _fail(f"{path} is not a training log of train.py (non-numeric {columns} columns)")
+
+
+def curves(args) -> dict:
+    """Training curves of EAR against the plain multi-task SAC baseline."""
+    numbers = {}
+    families = args.env or list(envs.FAMILIES)
+    for family in families:
+        path = os.path.join(args.checkpoints, f"{family}.csv")
+        if not os.path.isfile(path):
+            if args.env:
+                _fail(f"curves: no training log {path}; train with `python train.py --env {family}`")
+            continue
+        logs = {"EAR": read_log(path)}
+        baseline = os.path.join(args.checkpoints, f"{family}-baseline.csv")
+        if os.path.isfile(baseline):
+            logs["multi-task SAC baseline"] = read_log(baseline)
+        else:
+            say(f"curves {family}: no baseline log {baseline}; plotting EAR alone")
+        unit = "m/s" if envs.FAMILIES[family].planar else "degrees"
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        family_numbers = {}
+        for name, log in logs.items():
+            if len(log["env_steps"]) == 0:
+                continue
+            for row, (column, label) in enumerate((("mean_return", "mean return over training tasks"),
+                                                   ("mean_error", f"mean error ({unit})"))):
+                axes[row, 0].plot(log["env_steps"] / 1e6, log[column], label=name)
+                axes[row, 1].plot(log["wall_clock_s"] / 60.0, log[column], label=name)
+                axes[row, 0].set(xlabel="environment steps (millions, all tasks)", ylabel=label)
+                axes[row, 1].set(xlabel="wall-clock (minutes)", ylabel=label)
+            stats = {"final_return": float(log["mean_return"][-1]), "best_return": float(np.nanmax(log["mean_return"])),
+                     "final_error": float(log["mean_error"][-1]), "best_error": float(np.nanmin(log["mean_error"]))
+                     if np.isfinite(log["mean_error"]).any() else float("nan"),
+                     "env_steps": float(log["env_steps"][-1]), "wall_clock_s": float(log["wall_clock_s"][-1])}
+            family_numbers["ear" if name == "EAR" else "baseline"] = stats
+            say(f"curves {family} {name}: final mean return {stats['final_return']:.1f} (best {stats['best_return']:.1f}), "
+                f"final error {stats['final_error']:.3f} {unit} after {stats['env_steps'] / 1e6:.2f}M env steps, "
+                f"{stats['wall_clock_s'] / 60:.1f} min")
+        for ax in axes.flat:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{TITLES[family]}: training curves (deterministic evaluation on the training tasks)")
+        _save(fig, os.path.join(args.out, f"curves_{family}.png"))
+        write_csv(os.path.join(args.out, f"curves_{family}.csv"),
+                  [{"run": name, **{k: round(float(v[i]), 4) for k, v in log.items()}}
+                   for name, log in logs.items() for i in range(len(log["env_steps"]))])
+        numbers[family] = family_numbers
+    if not numbers:
+        say(f"curves: no training logs <env>.csv in {args.checkpoints}; skipping")
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# render
+# --------------------------------------------------------------------------
+
+# Runs in a child process: mujoco picks its OpenGL backend (MUJOCO_GL) once, at import.
+_RENDER_CHILD = """
+import sys, numpy as np, mujoco, envs
+family, source, target, width, height = sys.argv[1:6]
+model = envs.load_model(family); data = mujoco.MjData(model)
+renderer = mujoco.Renderer(model, int(height), int(width))
+frames = []
+for qpos in np.load(source):
+    data.qpos[:] = qpos; mujoco.mj_forward(model, data)
+    renderer.update_scene(data, camera="track"); frames.append(renderer.render().copy())
+np.save(target, np.stack(frames))
+"""
+
+
+def render_frames(family: str, qpos: np.ndarray, width: int = 240, height: int = 180):
+    """RGB frames (K, height, width, 3) of the states qpos (K, nq), or (None, why not)."""
+    backends = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else ["egl", "osmesa"]
+    reason = "no backend tried"
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = os.path.join(tmp, "qpos.npy"), os.path.join(tmp, "frames.npy")
+        np.save(source, qpos)
+        for backend in backends:
+            environment = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+            try:
+                child = subprocess.run([sys.executable, "-c", _RENDER_CHILD, family, source, target, str(width), str(height)],
+                                       cwd=HERE, env=environment, capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired:
+                reason = f"MUJOCO_GL={backend} timed out"
+                continue
+            if child.returncode == 0 and os.path.isfile(target):
+                return np.load(target), backend
+            last = (child.stderr.strip().splitlines() or ["failed"])[-1]
+            reason = f"MUJOCO_GL={backend}: {last[:120]}"
+    return None, reason
+
+
+def render(args) -> dict:
+    """Filmstrip (and GIF) of a training LTE and an interpolated one."""
+    found = checkpoints(args, "render", ["halfcheetah-vel"])[:1]
+    if not found:
+        return {}
+    family, policy = found[0]
+    a_text, b_text = (args.pair or DEFAULT_PAIRS.get(family) or [(envs.task_label(policy.tasks[0]),) * 2])[0]
+    try:
+        ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
+    except ValueError as error:
+        _fail(f"render --pair: {error}")
+    E = policy.task_embeddings
+    names = [f"training task {envs.task_label(policy.tasks[ia])}",
+             f"nlerp({envs.task_label(policy.tasks[ia])}, {envs.task_label(policy.tasks[ib])}, 0.5)"]
+    result, env = simulate(policy, family, [E[ia], nlerp(E[ia], E[ib], 0.5)], args, record=True)
+    # Recorded observations drop the root x (and Ant y); integrate the velocity back.
+    skip, nq = env.family.qpos_skip, env.model.nq
+    velocity = result["velocity_steps"].reshape(len(result["obs"]), 2, skip)
+    position = np.concatenate([np.zeros((1, 2, skip)), np.nancumsum(velocity, axis=0)[:-1] * env.dt])
+    qpos = np.concatenate([position, result["obs"][..., : nq - skip]], axis=2)
+    valid = np.isfinite(qpos).all(axis=(1, 2))
+    steps = np.flatnonzero(valid)[::2] if args.gif else np.array([], int)  # GIF: every 2nd step, 10 fps = real time
+    start = len(valid) // 2
+    strip = np.array([s for s in range(start, start + 2 * args.frames, 2) if s < len(valid) and valid[s]] or [0])
+    wanted = np.union1d(steps, strip)
+    frames, info = render_frames(family, qpos[wanted].transpose(1, 0, 2).reshape(-1, nq))
+    if frames is None:
+        say(f"render: no usable OpenGL backend ({info}); skipping the filmstrip and GIF")
+        return {"skipped": info}
+    frames = frames.reshape(2, len(wanted), *frames.shape[1:])
+    achieved, unit = behaviour(env, result), ("m/s" if env.family.planar else "deg heading")
+    numbers = {"backend": info, "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
+    fig, axes = plt.subplots(2, len(strip), figsize=(1.6 * len(strip) + 0.5, 3.6), squeeze=False)
+    for row in range(2):
+        for col, step in enumerate(strip):
+            ax = axes[row, col]
+            ax.imshow(frames[row, np.searchsorted(wanted, step)])
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"t = {step * env.dt:.2f} s", fontsize=7)
+        axes[row, 0].set_ylabel(f"{names[row]}\n{achieved[row]:.2f} {unit}", fontsize=7)
+    fig.suptitle(f"{TITLES[family]}: training LTE (top) and interpolated LTE (bottom), every {2 * env.dt:.2f} s")
+    _save(fig, os.path.join(args.out, f"render_{family}.png"))
+    say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {unit}, {names[1]} {achieved[1]:.2f} {unit}; "
+        f"filmstrip via MUJOCO_GL={info}")
+    if args.gif and len(steps):
+        try:
+            import PIL  # noqa: F401  (PillowWriter needs it)
+        except ImportError:
+            say("render: pillow is not installed; skipping the GIF")
+            return numbers
+        from matplotlib.animation import FuncAnimation, PillowWriter
+        fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
+        images = []
+        for k, ax in enumerate(axes):
+            images.append(ax.imshow(frames[k, 0]))
+            ax.set_title(names[k], fontsize=8)
+            ax.axis("off")
+        index = np.searchsorted(wanted, steps)
+
+        def update(i):
+            for k, image in enumerate(images):
+                image.set_data(frames[k, index[i]])
+            return images
+
+        FuncAnimation(fig, update, frames=len(index)).save(os.path.join(args.out, f"render_{family}.gif"),
+                                                           writer=PillowWriter(fps=10), dpi=80)
+        plt.close(fig)
+        numbers["gif_frames"] = int(len(index))
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+COMMANDS = {"interpolate": interpolate, "compose": compose, "sphere": sphere, "equivariance": equivariance,
+            "curves": curves, "render": render}
+
+
+def _at_least(kind, low=1):
+    """argparse type: a number of `kind` no smaller than `low`, with a one-line message."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        return value
+    return parse
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",all}")
+    for name in (*SUBCOMMANDS, "all"):
+        doc = (COMMANDS[name].__doc__ or "").strip() if name in COMMANDS else "every subcommand, in order"
+        p = sub.add_parser(name, help=doc, description=doc)
+        p.add_argument("--checkpoints", "--checkpoint-dir", dest="checkpoints", default=os.path.join(HERE, "checkpoints"),
+                       help="folder of <env>.pt checkpoints and <env>.csv training logs")
+        p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the figures, tables and summary.json")
+        p.add_argument("--env", action="append", default=None, help="family to analyse (repeatable; default: every "
+                       "family with a checkpoint)%(default).0s")
+        p.add_argument("--seed", type=int, default=0, help="seed of the resets and of the stochastic actions")
+        p.add_argument("--episodes", type=_at_least(int), default=10, help="episodes per embedding (interpolate, compose)")
+        p.add_argument("--directions", type=_at_least(int, 4), default=400, help="lattice directions on the sphere (sphere)")
+        p.add_argument("--steps", type=_at_least(int, 4), default=envs.MAX_STEPS,
+                       help="episode length in steps (200 as in training; smaller only for quick checks)")
+        p.add_argument("--alphas", type=_at_least(int, 2), default=11, help="interpolation weights in [0, 1] (interpolate)")
+        p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=None,
+                       help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (interpolate, render; repeatable; default: a neighbouring and a distant pair)%(default).0s")
+        p.add_argument("--run", default=None, help="run task for compose, e.g. run:4 (default: the median run task)%(default).0s")
+        p.add_argument("--jump", default=None, help="jump task for compose, e.g. jump:10 (default: the strongest)%(default).0s")
+        p.add_argument("--stand", default=None, help="stand task for compose, if the checkpoint has one (default: the strongest)%(default).0s")
+        p.add_argument("--mix", type=float, default=0.5, help="nlerp weight of the second motion (compose)")
+        p.add_argument("--airborne-height", type=float, default=0.2, help="root height z (m) counted as airborne (compose)")
+        p.add_argument("--frames", type=_at_least(int), default=8, help="frames per filmstrip row (render)")
+        p.add_argument("--no-gif", dest="gif", action="store_false", help="filmstrip only (render)%(default).0s")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (all)%(default).0s")
+    return parser
+
+
+def main(argv=None) -> None:
+    torch.set_num_threads(1)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)} or all")
+    if not 0.0 <= args.mix <= 1.0 or not math.isfinite(args.airborne_height):
+        parser.error("--mix must lie in [0, 1] and --airborne-height be a finite number")
+    if args.steps > envs.MAX_STEPS:
+        parser.error(f"--steps {args.steps} is longer than an episode ({envs.MAX_STEPS} steps)")
+    for family in args.env or []:
+        try:
+            envs.check_family(family)
+        except ValueError as error:
+            parser.error(str(error))
+    if not os.path.isdir(args.checkpoints):
+        parser.error(f"--checkpoints {args.checkpoints} is not a folder; train first (`python train.py`) or pass --checkpoints DIR")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        probe = os.path.join(args.out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        parser.error(f"cannot write to --out {args.out} ({error.strerror or error}); pass a writable folder")
+    torch.manual_seed(args.seed)
+    names = SUBCOMMANDS if args.command == "all" else (args.command,)
+    from tqdm import tqdm
+    started = time.perf_counter()
+    # disable=None: a bar on a terminal only, none in logs.
+    bar = tqdm(names, disable=True if args.no_progress or len(names) == 1 else None, unit="analysis",
+               file=sys.stderr, dynamic_ncols=True)
+    for name in bar:
+        bar.set_description(name)
+        numbers = COMMANDS[name](args)
+        if numbers:
+            merge_summary(args.out, name, numbers)
+    bar.close()
+    say(f"{args.command}: done in {time.perf_counter() - started:.0f} s; results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
