@@ -853,13 +853,8 @@ def main(argv=None) -> None:
             parser.error(str(error))
     if not os.path.isdir(args.checkpoints):
         parser.error(f"--checkpoints {args.checkpoints} is not a folder; train first (`python train.py`) or pass --checkpoints DIR")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        probe = os.path.join(args.out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as error:
-        parser.error(f"cannot write to --out {args.out} ({error.strerror or error}); pass a writable folder")
+    if not envs.writable_folder(args.out):
+        parser.error(f"cannot write to --out {args.out}; pass a writable folder")
     torch.manual_seed(args.seed)
     names = SUBCOMMANDS if args.command == "all" else (args.command,)
     from tqdm import tqdm

@@ -211,6 +211,23 @@ HOPPER_XML = f"""
   </actuator>
 </mujoco>"""
 
+def _walker_leg(side: str, foot_friction: float, rgba: str) -> str:
+    """One walker leg (thigh, leg, foot); `side` is "" (right) or "_left"."""
+    return f"""
+      <body name="thigh{side}" pos="0 0 -0.2">
+        <joint name="thigh{side}_joint" axis="0 -1 0" range="-150 0"/>
+        <geom name="thigh{side}_geom" type="capsule" pos="0 0 -0.225" size="0.05 0.225" friction="0.9" rgba="{rgba}"/>
+        <body name="leg{side}" pos="0 0 -0.7">
+          <joint name="leg{side}_joint" axis="0 -1 0" pos="0 0 0.25" range="-150 0"/>
+          <geom name="leg{side}_geom" type="capsule" size="0.04 0.25" friction="0.9" rgba="{rgba}"/>
+          <body name="foot{side}" pos="0.2 0 -0.35">
+            <joint name="foot{side}_joint" axis="0 -1 0" pos="-0.2 0 0.1" range="-45 45"/>
+            <geom name="foot{side}_geom" type="capsule" pos="-0.1 0 0.1" quat="0.70710678118654757 0 -0.70710678118654746 0" size="0.06 0.1" friction="{foot_friction}" rgba="{rgba}"/>
+          </body>
+        </body>
+      </body>"""
+
+
 WALKER_XML = f"""
 <mujoco model="walker2d">
   <compiler angle="degree"/>
@@ -229,30 +246,8 @@ WALKER_XML = f"""
       <joint name="rootz" type="slide" axis="0 0 1" pos="0 0 -1.25" ref="1.25" limited="false" armature="0" damping="0" stiffness="0"/>
       <joint name="rooty" type="hinge" axis="0 1 0" limited="false" armature="0" damping="0" stiffness="0"/>
       <geom name="torso_geom" type="capsule" size="0.05 0.2" friction="0.9"/>
-      <body name="thigh" pos="0 0 -0.2">
-        <joint name="thigh_joint" axis="0 -1 0" range="-150 0"/>
-        <geom name="thigh_geom" type="capsule" pos="0 0 -0.225" size="0.05 0.225" friction="0.9"/>
-        <body name="leg" pos="0 0 -0.7">
-          <joint name="leg_joint" axis="0 -1 0" pos="0 0 0.25" range="-150 0"/>
-          <geom name="leg_geom" type="capsule" size="0.04 0.25" friction="0.9"/>
-          <body name="foot" pos="0.2 0 -0.35">
-            <joint name="foot_joint" axis="0 -1 0" pos="-0.2 0 0.1" range="-45 45"/>
-            <geom name="foot_geom" type="capsule" pos="-0.1 0 0.1" quat="0.70710678118654757 0 -0.70710678118654746 0" size="0.06 0.1" friction="0.9"/>
-          </body>
-        </body>
-      </body>
-      <body name="thigh_left" pos="0 0 -0.2">
-        <joint name="thigh_left_joint" axis="0 -1 0" range="-150 0"/>
-        <geom name="thigh_left_geom" type="capsule" pos="0 0 -0.225" size="0.05 0.225" friction="0.9" rgba="0.7 0.3 0.6 1"/>
-        <body name="leg_left" pos="0 0 -0.7">
-          <joint name="leg_left_joint" axis="0 -1 0" pos="0 0 0.25" range="-150 0"/>
-          <geom name="leg_left_geom" type="capsule" size="0.04 0.25" friction="0.9" rgba="0.7 0.3 0.6 1"/>
-          <body name="foot_left" pos="0.2 0 -0.35">
-            <joint name="foot_left_joint" axis="0 -1 0" pos="-0.2 0 0.1" range="-45 45"/>
-            <geom name="foot_left_geom" type="capsule" pos="-0.1 0 0.1" quat="0.70710678118654757 0 -0.70710678118654746 0" size="0.06 0.1" friction="1.9" rgba="0.7 0.3 0.6 1"/>
-          </body>
-        </body>
-      </body>
+      {_walker_leg("", 0.9, "0.8 0.6 0.4 1")}
+      {_walker_leg("_left", 1.9, "0.7 0.3 0.6 1")}
     </body>
   </worldbody>
   <actuator>
@@ -408,6 +403,19 @@ def fail(message: str, prog: str | None = None) -> None:
     prefix = f"{prog}: " if prog else ""
     print(f"{prefix}error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def writable_folder(path: str) -> bool:
+    """Create `path` if needed and check that a file can be written there."""
+    import os
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+        return True
+    except OSError:
+        return False
 
 
 def check_family(name: str) -> Family:

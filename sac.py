@@ -158,8 +158,11 @@ class SAC:
 
     def update(self, batch: dict) -> dict:
         """One SAC step on a task-balanced batch (steps 1-6 of the module docstring)."""
-        with self.autocast():
-            new_action, log_prob = self.policy(batch["obs"], batch["task"], lte_noise=self.lte_noise)
+        with self.autocast():  # one region, so each weight is cast to bf16 once per update
+            return self._update(batch)
+
+    def _update(self, batch: dict) -> dict:
+        new_action, log_prob = self.policy(batch["obs"], batch["task"], lte_noise=self.lte_noise)
         new_action, log_prob = new_action.float(), log_prob.float()
 
         # 1. temperature

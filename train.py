@@ -311,12 +311,12 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
             bar.close()
+        self.interrupted = interrupted
         if interrupted:
             self.wall_clock = time.perf_counter() - start
             self.save_latest()
             print(f"interrupted at epoch {self.epoch}: saved {self.paths['latest']}; continue with --resume",
                   file=sys.stderr)
-            raise SystemExit(130)
         return self.log_rows[-1] if self.log_rows else {}
 
     def _evaluate_and_log(self, losses: list[dict], bar) -> None:
@@ -405,13 +405,16 @@ class PlainSAC:
 
 
 def benchmark(seconds: float = 10.0) -> dict:
-    """Updates/s of our SAC update and of PlainSAC at the fast and paper sizes,
-    and env steps/s of data collection, on HalfCheetah-Vel."""
-    results = {"benchmark": "train", "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cpu": _cpu_name(), "configs": []}
-    for preset_name in PRESETS:
-        cfg = preset(preset_name, "halfcheetah-vel")
-        trainer = Trainer(replace(cfg, warmup_epochs=0), out_dir="/tmp", name="benchmark", progress=False)
+    """Updates/s of our SAC update and of PlainSAC (fp32, same sizes, batch and
+    threads, same run) at the fast and paper sizes (the latter also with bf16),
+    and env steps/s of data collection (policy + env), on HalfCheetah-Vel."""
+    results = {"benchmark": "train", "torch": torch.__version__, "cpu": _cpu_name(),
+               "cores": os.cpu_count(), "configs": []}
+    runs = [("fast", {}), ("paper", {}), ("paper", {"precision": "bf16"})]
+    for preset_name, changes in runs:
+        cfg = replace(preset(preset_name, "halfcheetah-vel"), warmup_epochs=0, **changes)
+        trainer = Trainer(cfg, out_dir="/tmp", name="benchmark", progress=False)
+        torch.set_num_threads(cfg.threads if cfg.threads > 0 else os.cpu_count())
         trainer.collect(1000)
         collect_start = time.perf_counter()
         trainer.collect(400)
@@ -426,6 +429,7 @@ def benchmark(seconds: float = 10.0) -> dict:
             "decoder_hidden": cfg.decoder_hidden, "critic_hidden": cfg.critic_hidden,
             "batch": cfg.batch_per_task * trainer.env.num_tasks, "obs_dim": trainer.env.obs_dim,
             "act_dim": trainer.env.act_dim, "tasks": trainer.env.num_tasks, "precision": cfg.precision,
+            "threads": torch.get_num_threads(),
             "updates_per_s": round(ours, 1), "plain_updates_per_s": round(plain_rate, 1),
             "speedup": round(ours / plain_rate, 2), "collect_env_steps_per_s": round(collect_rate)})
     return results
@@ -549,13 +553,8 @@ def main(argv=None) -> None:
     name = args.name or (cfg.env + ("-baseline" if cfg.baseline else ""))
     if os.sep in name or not name:
         parser.error(f"--name {name!r} must be a plain file name")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        probe = os.path.join(args.out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as error:
-        parser.error(f"cannot write to --out {args.out} ({error.strerror}); pass a writable folder")
+    if not envs.writable_folder(args.out):
+        parser.error(f"cannot write to --out {args.out}; pass a writable folder")
 
     trainer = Trainer(cfg, args.out, name, progress=not args.no_progress)
     if args.resume:
@@ -572,8 +571,11 @@ def main(argv=None) -> None:
     summary = {"command": "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
                "config": asdict(cfg), "epochs": trainer.epoch, "env_steps": trainer.env_steps,
                "updates": trainer.updates, "wall_clock_s": round(trainer.wall_clock, 1),
-               "best_mean_return": trainer.best_return, "final_evaluation": final}
+               "best_mean_return": trainer.best_return, "interrupted": trainer.interrupted,
+               "last_evaluation": final}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", trainer.paths["summary"])
+    if trainer.interrupted:
+        raise SystemExit(130)
     print(f"done: {trainer.epoch} epochs, {trainer.updates} updates, {trainer.env_steps} env steps, "
           f"{trainer.wall_clock:.0f} s; final mean return {final.get('mean_return', float('nan')):.1f}, "
           f"mean error {final.get('mean_error', float('nan')):.3f}; best policy in {trainer.paths['best']}")
