@@ -110,6 +110,7 @@ MAX_STEPS = 200
 
 _FLOOR_ASSETS = """
   <asset>
+    <texture type="skybox" builtin="gradient" width="100" height="100" rgb1="0.5 0.6 0.7" rgb2="0 0 0"/>
     <texture name="grid" type="2d" builtin="checker" width="100" height="100" rgb1="0.1 0.1 0.1" rgb2="0.8 0.8 0.8"/>
     <material name="floor" texture="grid" texrepeat="60 60" reflectance="0.2"/>
   </asset>"""
@@ -128,7 +129,7 @@ HALF_CHEETAH_XML = f"""
   </default>{_FLOOR_ASSETS}
   <worldbody>
     <light directional="true" pos="0 0 1.3" dir="0 0 -1.3" diffuse="1 1 1"/>
-    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor"/>
+    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor" rgba="0.8 0.9 0.8 1"/>
     <body name="torso" pos="0 0 0.7">
       <camera name="track" mode="trackcom" pos="0 -3 0.3" xyaxes="1 0 0 0 0 1"/>
       <joint name="rootx" type="slide" axis="1 0 0" limited="false" armature="0" damping="0" stiffness="0"/>
@@ -183,7 +184,7 @@ HOPPER_XML = f"""
   </default>{_FLOOR_ASSETS}
   <worldbody>
     <light directional="true" pos="0 0 1.3" dir="0 0 -1.3" diffuse="1 1 1"/>
-    <geom name="floor" type="plane" size="20 20 0.125" condim="3" material="floor"/>
+    <geom name="floor" type="plane" size="20 20 0.125" condim="3" material="floor" rgba="0.8 0.9 0.8 1"/>
     <body name="torso" pos="0 0 1.25">
       <camera name="track" mode="trackcom" pos="0 -3 -0.25" xyaxes="1 0 0 0 0 1"/>
       <joint name="rootx" type="slide" axis="1 0 0" pos="0 0 -1.25" limited="false" armature="0" damping="0" stiffness="0"/>
@@ -239,7 +240,7 @@ WALKER_XML = f"""
   </default>{_FLOOR_ASSETS}
   <worldbody>
     <light directional="true" pos="0 0 1.3" dir="0 0 -1.3" diffuse="1 1 1"/>
-    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor"/>
+    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor" rgba="0.8 0.9 0.8 1"/>
     <body name="torso" pos="0 0 1.25">
       <camera name="track" mode="trackcom" pos="0 -3 -0.25" xyaxes="1 0 0 0 0 1"/>
       <joint name="rootx" type="slide" axis="1 0 0" pos="0 0 -1.25" limited="false" armature="0" damping="0" stiffness="0"/>
@@ -290,7 +291,7 @@ ANT_XML = f"""
   </default>{_FLOOR_ASSETS}
   <worldbody>
     <light directional="true" pos="0 0 1.3" dir="0 0 -1.3" diffuse="1 1 1"/>
-    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor"/>
+    <geom name="floor" type="plane" size="40 40 40" conaffinity="1" material="floor" rgba="0.8 0.9 0.8 1"/>
     <body name="torso" pos="0 0 0.75">
       <camera name="track" mode="trackcom" pos="0 -3 0.3" xyaxes="1 0 0 0 0 1"/>
       <geom name="torso_geom" type="sphere" size="0.25"/>

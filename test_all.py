@@ -1012,3 +1012,35 @@ def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
             "not-a-task": ["interpolate", "--checkpoints", ck, "--out", out, "--env", "halfcheetah-vel", "--pair", "3", "77"],
             "broken-file": ["sphere", "--checkpoints", str(broken), "--out", out, "--env", "halfcheetah-vel"]}[case]
     _assert_analyze_error(_python("analyze.py", *args))
+
+
+# ==========================================================================
+# README: the quick tour and the API example, with tiny budgets
+# ==========================================================================
+
+
+def _shipped(name="halfcheetah-vel"):
+    path = os.path.join(HERE, "checkpoints", f"{name}.pt")
+    if not os.path.exists(path):
+        pytest.skip(f"no shipped {path}")
+    return path
+
+
+def test_readme_api_example_runs():
+    _shipped()
+    text = open(os.path.join(HERE, "README.md")).read()
+    example = text.split("## Using a trained policy from your own code", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    result = subprocess.run([PYTHON, "-c", example], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "velocity" in result.stdout
+
+
+def test_readme_quick_tour_with_tiny_budgets(tmp_path):
+    _shipped()
+    result = run_script("adapt.py", "--task", "4.5", "--budget", "6", "--eval-episodes", "2", "--out", str(tmp_path / "a.json"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["episodes"] == 6
+    result = run_script("analyze.py", "interpolate", "--episodes", "1", "--alphas", "3", "--steps", "60",
+                        "--out", str(tmp_path / "results"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "interpolate_halfcheetah-vel.png").exists()
