@@ -62,7 +62,7 @@ def _release_init(layer: nn.Linear, last: bool) -> None:
 def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
     layers, width = [], in_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
         width = h
     layers.append(nn.Linear(width, out_dim))
     linears = [m for m in layers if isinstance(m, nn.Linear)]
@@ -200,7 +200,7 @@ class TwinCritic(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, detach)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = F.relu_(x)
         return x.squeeze(-1)
 
 

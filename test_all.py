@@ -417,7 +417,7 @@ def test_temperature_moves_towards_target_entropy():
     sac = tiny_sac()
     batch = random_batch()
     _, log_prob = sac.policy(batch["obs"], batch["task"])
-    entropy = float(-log_prob.mean())
+    entropy = float(-log_prob.detach().mean())
     before = float(sac.log_alpha)
     sac.update(batch)
     after = float(sac.log_alpha)
