@@ -1044,3 +1044,31 @@ def test_readme_quick_tour_with_tiny_budgets(tmp_path):
                         "--out", str(tmp_path / "results"), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "results" / "interpolate_halfcheetah-vel.png").exists()
+
+
+def test_train_benchmark_command_runs():
+    result = run_script("train.py", "--benchmark", "--seconds", "0.2", timeout=600)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout)
+    assert [c["preset"] for c in line["configs"]] == ["fast", "paper", "paper"]
+    for config in line["configs"]:
+        assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0
+        assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
+
+
+def test_adapt_benchmark_quick_runs(tmp_path):
+    _shipped()
+    result = run_script("adapt.py", "--benchmark", "--quick", "--eval-episodes", "1", "--out", str(tmp_path / "b.json"), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 20
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    import train
+    cfg = train.parse_overrides(train.Config(), ["encoder_hidden=[8]", "decoder_hidden=[8]", "critic_hidden=[8]", "task_hidden=[8]"])
+    trainer = train.Trainer(cfg, str(tmp_path), "nan", progress=False)
+    losses = [{"critic_loss": torch.tensor(float("nan")), "alpha": torch.tensor(1.0)}]
+    with pytest.raises(SystemExit) as stop:
+        trainer._evaluate_and_log(losses, train._progress(1, 0, False))
+    assert stop.value.code == 2
+    assert not os.path.exists(tmp_path / "nan.pt")  # nothing written from a broken state
