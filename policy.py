@@ -74,7 +74,7 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
 def tanh_gaussian(out: torch.Tensor, deterministic: bool):
     """Split the decoder output into (mu, log sigma), sample a = tanh(u) and return
     (a, log pi(a)) with the tanh change-of-variables correction (1e-6 as in the release)."""
-    mean, log_std = out.chunk(2, dim=-1)
+    mean, log_std = out.float().chunk(2, dim=-1)  # fp32 even under bf16 autocast: log-probs need it
     if deterministic:
         return torch.tanh(mean), None
     log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)

@@ -199,6 +199,7 @@ class Trainer:
         self.paths = {k: os.path.join(out_dir, f"{name}{ext}") for k, ext in
                       (("best", ".pt"), ("log", ".csv"), ("summary", ".json"), ("latest", ".latest.pt"))}
         torch.manual_seed(cfg.seed)
+        torch.set_flush_denormal(True)  # denormal floats take slow CPU paths and carry no information here
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         tasks = cfg.task_set if tasks is None else tasks
