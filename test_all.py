@@ -1072,3 +1072,15 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         trainer._evaluate_and_log(losses, train._progress(1, 0, False))
     assert stop.value.code == 2
     assert not os.path.exists(tmp_path / "nan.pt")  # nothing written from a broken state
+
+
+@pytest.mark.parametrize("extra", [["--set", "lte_noise=0", "--set", "lte_dim=8"], ["--preset", "paper"]])
+def test_readme_training_variants(extra, tmp_path):
+    result = run_script("train.py", "--out", str(tmp_path), "--epochs", "1", *extra, *TINY_TRAIN, "--set", "warmup_epochs=0",
+                        "--set", "replay_per_task=1000")
+    assert result.returncode == 0, result.stderr
+    loaded = policy_module.load(str(tmp_path / "halfcheetah-vel.pt"))
+    saved = torch.load(tmp_path / "halfcheetah-vel.pt", weights_only=True)["config"]
+    assert loaded.task_embeddings.shape[1] == saved["lte_dim"]
+    if "paper" in extra:
+        assert saved["preset"] == "paper" and saved["lr"] == 3e-4 and saved["batch_per_task"] == 128
