@@ -25,9 +25,10 @@ All files are written atomically (temporary file, then rename). Checkpoints hold
 only tensors and plain Python values and load with torch.load(weights_only=True).
 
 Presets (Config below; every field can be overridden with --set field=value):
-    fast   (default) smaller networks, 32 transitions per task per batch, bf16
-           matmuls, evaluation every 10 epochs: learns HalfCheetah-Vel on a
-           2-core laptop CPU in under an hour (see README for measured numbers).
+    fast   (default) 2x256 networks, 32 transitions per task per batch, Adam lr
+           2e-3, bf16 matmuls, one torch thread, 1500 epochs, evaluation every
+           10 epochs: learns HalfCheetah-Vel on a 2-core laptop CPU in under an
+           hour (0.14 m/s mean velocity error at 60 min; README).
     paper  exactly spec 2-5: 400-wide networks (encoder 2, decoder 4, critics 4
            layers), 128 transitions per task (Ant 80), replay 1e6/T (Ant 50k per
            task), 200 steps + 200 updates + 3 evaluation episodes per epoch,
