@@ -430,14 +430,11 @@ def describe(report: dict) -> str:
 
 
 def write_json(data, path: str) -> None:
+    from train import atomic_write_text
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(data, indent=1) + "\n", path)
 
 
 def plot_curves(reports: list[dict], path: str) -> None:
@@ -541,10 +538,8 @@ def main(argv=None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for target in (args.out, args.plot):
         if target:  # fail now, not after minutes of search
-            try:
-                _probe_folder(os.path.dirname(target))
-            except OSError as error:
-                parser.error(f"cannot write {target} ({error.strerror}); pass a writable path")
+            if not envs.writable_folder(os.path.dirname(target) or "."):
+                parser.error(f"cannot write {target}; pass a writable path")
     if args.env is not None:
         try:
             envs.check_family(args.env)
@@ -582,15 +577,6 @@ def main(argv=None) -> None:
         print(describe(report))
     data = reports[0] if len(reports) == 1 else {"env": policy.env_name, "task": reports[0]["task"], "results": reports}
     _write_outputs(parser, data, reports, args.out, args.plot)
-
-
-def _probe_folder(folder: str) -> None:
-    """Make the folder if needed and check that a file can be written in it (raises OSError)."""
-    folder = folder or "."
-    os.makedirs(folder, exist_ok=True)
-    probe = os.path.join(folder, f".adapt-write-test-{os.getpid()}")
-    open(probe, "w").close()
-    os.remove(probe)
 
 
 def _write_outputs(parser, data, reports, out, plot) -> None:

@@ -526,7 +526,6 @@ class MultiTaskEnv:
         self.qpos = self.batch.bind("qpos")
         self.qvel = self.batch.bind("qvel")
         self.ctrl = self.batch.bind("ctrl")
-        self.time = self.batch.bind("time")
         self.act_dim = self.model.nu
         self.obs_dim = self.model.nq - self.family.qpos_skip + self.model.nv
         self.max_steps = MAX_STEPS
@@ -601,7 +600,6 @@ class MultiTaskEnv:
             raise ValueError(f"actions contain NaN or infinity; expected finite values of shape {(self.num_tasks, self.act_dim)}")
         actions = np.clip(actions, -1.0, 1.0)
         xy_before = self.qpos[:, :2].copy()
-        time_before = self.time.copy()
         self.ctrl[:] = actions
         unstable = np.zeros(self.num_tasks, dtype=bool)
         warnings_before = _WARNING_COUNT[0]
@@ -613,7 +611,6 @@ class MultiTaskEnv:
             # MuJoCo warned (and reset the simulation that blew up): find which
             unstable |= np.array([sum(w.number for w in self.batch.get_data(i).warning) > 0
                                  for i in range(self.num_tasks)])
-        unstable |= self.time < time_before + self.dt - 0.5 * self.model.opt.timestep
         unstable |= ~(np.isfinite(self.qpos).all(1) & np.isfinite(self.qvel).all(1))
 
         velocity_xy = (self.qpos[:, :2] - xy_before) / self.dt
