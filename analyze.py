@@ -1,6 +1,7 @@
 """The pictures and numbers behind the paper's claims (EAR, Hua, Chen, Xu, ICLR 2023).
 
     python analyze.py all                       # every figure and table in results/ (< 15 min, 2 cores)
+    python analyze.py ablation --runs runs/ablation   # the LTE-noise / LTE-dimension ablation
     python analyze.py interpolate --pair 3 4    # one subcommand; --help on each lists the flags
     python analyze.py sphere --env ant-dir --directions 200 --checkpoints DIR --out DIR
 
@@ -12,6 +13,22 @@ envs.make(env, tasks=[task] * N) stand in for repeated episodes (each starts fro
 its own reset noise); the task there only sets the reward, the behaviour we
 measure is the velocity (Ant: heading) and the torso height.
 
+evaluate  (the results table of the README)
+    Every checkpoint in --checkpoints (EAR and baselines), --episodes deterministic
+    episodes per training task from fresh resets (seed + 10000), with its training
+    budget (updates, env steps, wall-clock) and the family's own error measure:
+    velocity error in m/s (mean and worst task) and falls for the velocity
+    families; heading error in degrees and mean speed along the commanded
+    direction for Ant-Dir; run-task velocity error and mean root height z of the
+    jump (and stand) tasks for the run-jump cheetah. Writes evaluate.csv and
+    evaluate.md (the table as Markdown).
+ablation  (LTE noise on/off, LTE dimension 3 vs 8; not part of `all`)
+    For every run folder in --runs holding a halfcheetah-vel.pt (trained with
+    `train.py --out RUNS/NAME --seed S --set lte_noise=... --set lte_dim=...`): the
+    training error as in `evaluate` and the interpolation R^2 against the targets
+    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min
+    and max over the seeds of each (lte_noise, lte_dim) setting. Writes
+    ablation.csv (one row per run) and ablation.png.
 interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
     For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
     to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
@@ -88,6 +105,7 @@ import torch  # noqa: E402
 
 import envs  # noqa: E402
 import policy as policy_lib  # noqa: E402
+import train  # noqa: E402
 from envs import ArgumentParser  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -98,7 +116,7 @@ TITLES = {"halfcheetah-vel": "HalfCheetah-Vel", "halfcheetah-runjump": "HalfChee
 DEFAULT_PAIRS = {"halfcheetah-vel": [("3", "4"), ("2", "8")], "hopper-vel": [("0.8", "1"), ("0.4", "1.6")],
                  "walker-vel": [("0.8", "1"), ("0.4", "1.6")], "ant-dir": [("90", "105"), ("0", "90")],
                  "halfcheetah-runjump": [("run:3", "run:4"), ("run:2", "run:6")]}
-SUBCOMMANDS = ("interpolate", "compose", "sphere", "equivariance", "curves", "render")
+SUBCOMMANDS = ("evaluate", "interpolate", "compose", "sphere", "equivariance", "curves", "render")
 _POLICY_CACHE: dict = {}
 STILL_DEG = 0.01  # an LSE turning less than this per step stands still: no orbit to score
 
@@ -268,10 +286,8 @@ def behaviour(env, result) -> np.ndarray:
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
+    """The rows as CSV, written atomically (train.py's writer)."""
+    train.atomic_write_text(train.csv_text(rows), path)
 
 
 def _clean(value):
@@ -610,6 +626,145 @@ def equivariance(args) -> dict:
 
 
 # --------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------
+
+
+def _family_measure(family: str, metrics: dict) -> dict:
+    """The family's own error measure from train.evaluate's metrics (issue table columns)."""
+    per_task = lambda prefix: [v for k, v in metrics.items() if k.startswith(prefix) and np.isfinite(v)]
+    errors = per_task("error[")
+    measure = {"error": metrics["mean_error"], "worst_error": max(errors) if errors else float("nan"),
+               "error_unit": "m/s" if envs.FAMILIES[family].planar else "deg", "fell": metrics["fell"]}
+    if not envs.FAMILIES[family].planar:
+        measure["speed_along"] = metrics["mean_speed_along"]
+    for kind in ("jump", "stand"):
+        heights = per_task(f"height[{kind}:")
+        if heights:
+            measure[f"{kind}_height"] = float(np.mean(heights))
+    return measure
+
+
+def _measure_text(family: str, m: dict) -> str:
+    if not envs.FAMILIES[family].planar:
+        return f"heading error {m['error']:.1f}° (worst {m['worst_error']:.1f}°), {m['speed_along']:.2f} m/s along"
+    text = f"velocity error {m['error']:.3f} m/s (worst {m['worst_error']:.2f})"
+    if family == "halfcheetah-runjump":
+        text = "run " + text
+        for kind in ("jump", "stand"):
+            if f"{kind}_height" in m:
+                text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
+    return text
+
+
+def evaluate(args) -> dict:
+    """Fresh deterministic evaluation of every checkpoint in --checkpoints: the results table."""
+    names = sorted(n for n in os.listdir(args.checkpoints) if n.endswith(".pt") and not n.endswith(".latest.pt"))
+    rows, numbers = [], {}
+    for name in names:
+        path = os.path.join(args.checkpoints, name)
+        try:
+            policy = policy_lib.load(path)
+        except policy_lib.CheckpointError as error:
+            say(f"evaluate: skipping {name} ({error})")
+            continue
+        family = policy.env_name
+        if args.env and family not in args.env:
+            continue
+        seed = args.seed + 10_000  # resets unlike those of the evaluations during training
+        metrics = train.evaluate(policy, envs.make(family, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
+        measure = _family_measure(family, metrics)
+        progress = policy.progress
+        row = {"checkpoint": name, "env": family, "policy": "baseline" if policy.baseline else "EAR",
+               "tasks": len(policy.tasks), "epochs": progress.get("epoch"), "updates": progress.get("updates"),
+               "env_steps": progress.get("env_steps"),
+               "wall_clock_min": round(progress.get("wall_clock", float("nan")) / 60.0, 1),
+               "episodes": args.episodes, "mean_return": round(metrics["mean_return"], 2),
+               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure.items()}}
+        rows.append(row)
+        numbers[name[:-3]] = row
+        say(f"evaluate {name}: {row['policy']}, {row['updates']} updates, {row['env_steps']} env steps, "
+            f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, {_measure_text(family, measure)}, "
+            f"falls {measure['fell']:.0%}")
+    if not rows:
+        say(f"evaluate: no checkpoints in {args.checkpoints}; skipping")
+        return numbers
+    write_csv(os.path.join(args.out, "evaluate.csv"), rows)
+    lines = ["| checkpoint | policy | updates | env steps | wall-clock | mean return | error measure (deterministic, "
+             f"{args.episodes} episodes per task) | falls |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
+                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {_measure_text(row['env'], row)} | "
+                     f"{row['fell']:.0%} |")
+    train.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
+    return numbers
+
+
+# --------------------------------------------------------------------------
+# ablation
+# --------------------------------------------------------------------------
+
+
+def ablation(args) -> dict:
+    """LTE noise and LTE dimension on HalfCheetah-Vel: training error and interpolation R^2
+    of every run folder in --runs (each holding a halfcheetah-vel.pt), grouped by setting."""
+    family = "halfcheetah-vel"
+    if not os.path.isdir(args.runs):
+        _fail(f"ablation: --runs {args.runs} is not a folder; train the runs first (README, 'Ablation')")
+    runs = sorted(d for d in os.listdir(args.runs) if os.path.isfile(os.path.join(args.runs, d, f"{family}.pt")))
+    if not runs:
+        _fail(f"ablation: no run folder in {args.runs} holds a {family}.pt; train with "
+              f"`python train.py --out {args.runs}/NAME --seed S --set lte_noise=...`")
+    rows = []
+    for run in runs:
+        folder = os.path.join(args.runs, run)
+        policy = _load(os.path.join(folder, f"{family}.pt"), family)
+        seed = args.seed + 10_000
+        metrics = train.evaluate(policy, envs.make(family, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
+        pairs = [["3", "4"], ["2", "8"]]
+        sub = argparse.Namespace(**{**vars(args), "checkpoints": folder, "out": folder, "env": [family], "pair": pairs})
+        curves_of_pairs = interpolate(sub)[family]
+        cfg = policy.config
+        row = {"run": run, "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
+               "updates": policy.progress.get("updates"), "error": round(metrics["mean_error"], 4)}
+        for a, b in pairs:
+            row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
+        rows.append(row)
+    if len({row["updates"] for row in rows}) > 1:
+        say(f"ablation: the runs differ in budget ({sorted({row['updates'] for row in rows})} updates); "
+            f"compare settings at equal budget only")
+    write_csv(os.path.join(args.out, "ablation.csv"), rows)
+    settings = sorted({(row["lte_noise"], row["lte_dim"]) for row in rows}, key=lambda s: (-s[0], s[1]))
+    columns = ["error"] + [f"r2_{a}to{b}" for a, b in pairs]
+    numbers = {"runs": rows, "settings": {}}
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8))
+    for s, (noise, dim) in enumerate(settings):
+        members = [row for row in rows if (row["lte_noise"], row["lte_dim"]) == (noise, dim)]
+        label = f"noise {noise:g}, dim {dim}"
+        stats = {"seeds": [row["seed"] for row in members]}
+        for ax, column in zip(axes, columns):
+            values = np.array([np.nan if row[column] is None else row[column] for row in members], dtype=float)
+            stats[column] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
+                             "min": float(np.nanmin(values)), "max": float(np.nanmax(values))}
+            ax.bar(s, stats[column]["mean"], color=f"C{s}", alpha=0.5)
+            ax.plot([s] * len(values), values, "ko", ms=4)
+        numbers["settings"][label] = stats
+        say(f"ablation {label} ({len(members)} seeds): error {stats['error']['mean']:.3f} ± {stats['error']['std']:.3f} m/s, "
+            + ", ".join(f"R^2 {a}->{b} {stats[f'r2_{a}to{b}']['mean']:.2f} ± {stats[f'r2_{a}to{b}']['std']:.2f}"
+                        for a, b in pairs))
+    names = [f"noise {n:g}\ndim {d}" for n, d in settings]
+    for ax, column, title in zip(axes, columns, ["mean velocity error (m/s)", "interpolation R² 3→4 m/s",
+                                                  "interpolation R² 2→8 m/s"]):
+        ax.set_xticks(range(len(settings)), names)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = seeds ({rows[0]['updates']} updates each)",
+                 fontsize=10)
+    _save(fig, os.path.join(args.out, "ablation.png"))
+    return numbers
+
+
+# --------------------------------------------------------------------------
 # curves
 # --------------------------------------------------------------------------
 
@@ -789,7 +944,7 @@ def render(args) -> dict:
 # Command line
 # --------------------------------------------------------------------------
 
-COMMANDS = {"interpolate": interpolate, "compose": compose, "sphere": sphere, "equivariance": equivariance,
+COMMANDS = {"evaluate": evaluate, "ablation": ablation, "interpolate": interpolate, "compose": compose, "sphere": sphere, "equivariance": equivariance,
             "curves": curves, "render": render}
 
 
@@ -808,8 +963,8 @@ def _at_least(kind, low=1):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",all}")
-    for name in (*SUBCOMMANDS, "all"):
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,all}")
+    for name in (*SUBCOMMANDS, "ablation", "all"):
         doc = (COMMANDS[name].__doc__ or "").strip() if name in COMMANDS else "every subcommand, in order"
         p = sub.add_parser(name, help=doc, description=doc)
         p.add_argument("--checkpoints", "--checkpoint-dir", dest="checkpoints", default=os.path.join(HERE, "checkpoints"),
@@ -833,6 +988,9 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--frames", type=_at_least(int), default=8, help="frames per filmstrip row (render)")
         p.add_argument("--no-gif", dest="gif", action="store_false", help="filmstrip only (render)%(default).0s")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (all)%(default).0s")
+        if name == "ablation":
+            p.add_argument("--runs", default=os.path.join(HERE, "runs", "ablation"),
+                           help="folder of run folders, each with a halfcheetah-vel.pt (ablation)")
     return parser
 
 
@@ -841,7 +999,7 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)} or all")
+        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, ablation or all")
     if not 0.0 <= args.mix <= 1.0 or not math.isfinite(args.airborne_height):
         parser.error("--mix must lie in [0, 1] and --airborne-height be a finite number")
     if args.steps > envs.MAX_STEPS:

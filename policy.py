@@ -252,6 +252,7 @@ def load(path: str, env_name: str | None = None, device: str = "cpu") -> Policy:
     policy.env_name, policy.tasks = name, tasks_from_checkpoint(data["tasks"])
     policy.config = cfg
     policy.metrics = data.get("metrics", {})
+    policy.progress = data.get("progress", {})  # epoch, env_steps, updates, wall_clock at saving
     return policy.to(device).eval()
 
 

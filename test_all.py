@@ -7,6 +7,7 @@ training loop and its files (train.py), adaptation (adapt.py) and the analyses
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -993,6 +994,47 @@ def test_compose_without_runjump_checkpoint_is_a_note(analyze_checkpoints, tmp_p
     (folder / "halfcheetah-vel.pt").write_bytes((analyze_checkpoints / "halfcheetah-vel.pt").read_bytes())
     result = _python("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
     assert result.returncode == 0 and "compose: no" in result.stdout and "skipping" in result.stdout
+
+
+def test_evaluate_table_is_a_fresh_deterministic_evaluation(analyze_all, analyze_checkpoints):
+    import train
+    out, stdout = analyze_all
+    rows = list(csv.DictReader(open(out / "evaluate.csv")))
+    assert sorted(row["checkpoint"] for row in rows) == ["halfcheetah-runjump.pt", "halfcheetah-vel-baseline.pt",
+                                                         "halfcheetah-vel.pt"]
+    table = (out / "evaluate.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and all(line.startswith("|") and line.endswith("|") for line in table)
+    by_name = {row["checkpoint"]: row for row in rows}
+    assert by_name["halfcheetah-vel-baseline.pt"]["policy"] == "baseline"
+    runjump = by_name["halfcheetah-runjump.pt"]
+    assert runjump["jump_height"] != "" and runjump["stand_height"] != ""  # four-motion tasks
+    loaded = policy_module.load(str(analyze_checkpoints / "halfcheetah-vel.pt"))
+    again = train.evaluate(loaded, envs.make("halfcheetah-vel", tasks=loaded.tasks, seed=10_000), 1, seed=10_000)
+    row = by_name["halfcheetah-vel.pt"]
+    assert abs(float(row["error"]) - again["mean_error"]) < 1e-3
+    assert abs(float(row["mean_return"]) - again["mean_return"]) < 0.01
+    assert int(row["updates"]) == loaded.progress["updates"] and "evaluate halfcheetah-vel.pt: EAR" in stdout
+
+
+def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for name, extra in (("a-s0", ["--seed", "0"]), ("a-s1", ["--seed", "1"]), ("dim8-s0", ["--set", "lte_dim=8"])):
+        result = _python("train.py", "--out", str(runs / name), "--epochs", "2", *extra, *TINY_NETS)
+        assert result.returncode == 0, result.stderr
+    (runs / "not-a-run").mkdir()
+    result = _python("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
+    assert [row["run"] for row in rows] == ["a-s0", "a-s1", "dim8-s0"]
+    settings = json.loads((tmp_path / "out" / "summary.json").read_text())["ablation"]["settings"]
+    assert set(settings) == {"noise 0.02, dim 3", "noise 0.02, dim 8"}
+    three = settings["noise 0.02, dim 3"]
+    assert three["seeds"] == [0, 1] and settings["noise 0.02, dim 8"]["error"]["std"] == 0
+    errors = [float(row["error"]) for row in rows[:2]]
+    assert abs(three["error"]["mean"] - np.mean(errors)) < 1e-3
+    assert (tmp_path / "out" / "ablation.png").exists()
+    _assert_analyze_error(_python("analyze.py", "ablation", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
+    _assert_analyze_error(_python("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
 
 
 @pytest.mark.parametrize("case", ["unknown", "no-dir", "not-a-number", "missing-env", "bad-family",
