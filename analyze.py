@@ -44,6 +44,8 @@ interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
     Velocity: mean over steps 50-200 of the episode; Ant heading: direction of the
     torso's displacement over the episode (spec 8: heading of the final position).
 compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
+    On halfcheetah-runjump.pt, and on every other halfcheetah-runjump-NAME.pt beside
+    it (compose_NAME.png/csv, summary key NAME; e.g. the four-motion tasks):
     normalize((1 - mix) e_run + mix e_jump), and e_stand likewise when the checkpoint
     has a stand task, against the pure tasks. Over steps 50-200, like the velocity:
     forward velocity, mean and peak root height z (the root slide: 0 at the start
@@ -429,6 +431,21 @@ def compose(args) -> dict:
     if not os.path.isfile(path):
         say(f"compose: no {path}; train it with `python train.py --env {family}`; skipping")
         return {}
+    numbers = _compose_one(args, path, family, "")
+    # Other run-jump checkpoints beside it (e.g. halfcheetah-runjump-four-motion.pt, with
+    # stand tasks) get their own figure and table and a key of their own in the summary.
+    for name in sorted(os.listdir(args.checkpoints)):
+        if name.startswith(f"{family}-") and name.endswith(".pt") and not name.endswith(".latest.pt"):
+            suffix = name[len(family) + 1:-3]
+            if args.run or args.jump or args.stand:
+                say(f"compose: {name} skipped (--run/--jump/--stand name tasks of {family}.pt)")
+                continue
+            numbers[suffix] = _compose_one(args, os.path.join(args.checkpoints, name), family, suffix)
+    return numbers
+
+
+def _compose_one(args, path: str, family: str, suffix: str) -> dict:
+    """compose for one checkpoint; files compose.png/csv, or compose_SUFFIX.png/csv."""
     policy = _load(path, family)
     kinds = {k: [i for i, t in enumerate(policy.tasks) if t[0] == k] for k in envs.TASK_KINDS}
 
@@ -478,17 +495,18 @@ def compose(args) -> dict:
         if "+" in str(name):
             parts = " | ".join(f"{p} alone {numbers[p]['velocity']:.2f} m/s, mean height {numbers[p]['height_mean']:.2f} m, "
                                f"airborne {100 * numbers[p]['airborne_fraction']:.0f}%" for p in name.split(" + "))
-            say(f"compose {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean height {stats['height_mean']:.2f} m, "
+            say(f"compose{' ' + suffix if suffix else ''} {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean height {stats['height_mean']:.2f} m, "
                 f"peak {stats['height_peak_mean']:.2f} m, airborne {100 * stats['airborne_fraction']:.0f}% | {parts}")
     ax_h.axhline(args.airborne_height, color="gray", ls="--", lw=0.8, label=f"airborne threshold {args.airborne_height:g} m")
-    ax_v.set(ylabel="forward velocity (m/s)", title=f"{TITLES[family]}: composing LTEs (nlerp weight {args.mix:g}), "
+    ax_v.set(ylabel="forward velocity (m/s)", title=f"{TITLES[family]}{' ' + suffix if suffix else ''}: composing LTEs (nlerp weight {args.mix:g}), "
              f"episode 1 of {episodes};\nnumbers: means over all episodes, steps {settled}-{len(heights)}")
     ax_h.set(xlabel="time (s)", ylabel="root height z (m, 0 = start pose)")
     for ax in (ax_v, ax_h):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    _save(fig, os.path.join(args.out, "compose.png"))
-    write_csv(os.path.join(args.out, "compose.csv"), rows)
+    stem = f"compose_{suffix}" if suffix else "compose"
+    _save(fig, os.path.join(args.out, f"{stem}.png"))
+    write_csv(os.path.join(args.out, f"{stem}.csv"), rows)
     return numbers
 
 

@@ -1037,6 +1037,21 @@ def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
     _assert_analyze_error(_python("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
 
 
+def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    four_motion = (analyze_checkpoints / "halfcheetah-runjump.pt").read_bytes()
+    for name in ("halfcheetah-runjump.pt", "halfcheetah-runjump-four-motion.pt"):
+        (folder / name).write_bytes(four_motion)
+    (folder / "halfcheetah-runjump-four-motion.latest.pt").write_bytes(b"resume state, not a policy")
+    result = _python("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    assert result.returncode == 0, result.stderr
+    compose = json.loads((tmp_path / "out" / "summary.json").read_text())["compose"]
+    assert "run:3 + stand:5" in compose and "run:3 + stand:5" in compose["four-motion"]
+    assert compose["four-motion"]["run:3"] == compose["run:3"]  # the same policy, the same seeds
+    assert {"compose.png", "compose_four-motion.png", "compose_four-motion.csv"} <= set(os.listdir(tmp_path / "out"))
+
+
 @pytest.mark.parametrize("case", ["unknown", "no-dir", "not-a-number", "missing-env", "bad-family",
                                   "unwritable", "not-a-task", "broken-file"])
 def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
