@@ -524,6 +524,8 @@ def test_resume_continues_the_log(tiny_run, tmp_path):
     rows = (tmp_path / "halfcheetah-vel.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]
     assert [int(r.split(",")[2]) for r in rows[1:]] == [10, 20, 30]
+    commands = json.loads((tmp_path / "halfcheetah-vel.json").read_text())["commands"]
+    assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
 
 
 def test_interrupted_run_resumes(tmp_path):

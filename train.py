@@ -17,7 +17,8 @@ Files, for run name NAME (default: the family, plus "-baseline") in --out DIR:
     DIR/NAME.pt         best policy by mean evaluation return (what policy.load reads)
     DIR/NAME.csv        one row per evaluation: env steps, updates, wall-clock, mean and
                         per-task return and error, alpha, losses
-    DIR/NAME.json       the config, the command and the final evaluation
+    DIR/NAME.json       the config, the commands (every one that trained the run, resumes
+                        included) and the final evaluation
     DIR/NAME.latest.pt  everything needed to resume (networks, optimisers, replay,
                         random states, log); written every `checkpoint_every` epochs,
                         on Ctrl-C and at the end
@@ -215,6 +216,7 @@ class Trainer:
         self.epoch, self.env_steps, self.updates, self.wall_clock = 0, 0, 0, 0.0
         self.episodes_finished = 0
         self.best_return, self.log_rows = -math.inf, []
+        self.commands: list[str] = []  # every command that trained this run, oldest first (train.py's main adds them)
         self.obs, _ = self.env.reset(seed=cfg.seed)
 
     # ---- checkpoints ----------------------------------------------------
@@ -223,11 +225,13 @@ class Trainer:
         return {"format": "ear-checkpoint-v1", "env_name": self.cfg.env, "tasks": plain_tasks(self.env.tasks),
                 "obs_dim": self.env.obs_dim, "act_dim": self.env.act_dim, "config": self.cfg_dict}
 
+    def _progress(self) -> dict:
+        return {"epoch": self.epoch, "env_steps": self.env_steps, "updates": self.updates,
+                "wall_clock": self.wall_clock, "best_return": self.best_return, "commands": self.commands}
+
     def save_latest(self) -> None:
         state = self._header()
-        state.update(sac=self.sac.state_dict(), replay=self.replay.state_dict(),
-                     progress={"epoch": self.epoch, "env_steps": self.env_steps, "updates": self.updates,
-                               "wall_clock": self.wall_clock, "best_return": self.best_return},
+        state.update(sac=self.sac.state_dict(), replay=self.replay.state_dict(), progress=self._progress(),
                      log=self.log_rows, obs=torch.as_tensor(self.obs),
                      episode_step=torch.as_tensor(self.env.episode_step),
                      env_state={"qpos": torch.as_tensor(self.env.qpos.copy()),
@@ -238,9 +242,7 @@ class Trainer:
 
     def save_best(self, metrics: dict) -> None:
         state = self._header()
-        state.update(policy=self.sac.policy.state_dict(), metrics=metrics,
-                     progress={"epoch": self.epoch, "env_steps": self.env_steps, "updates": self.updates,
-                               "wall_clock": self.wall_clock})
+        state.update(policy=self.sac.policy.state_dict(), metrics=metrics, progress=self._progress())
         atomic_save(state, self.paths["best"])
 
     def resume(self) -> None:
@@ -258,6 +260,7 @@ class Trainer:
         self.epoch, self.env_steps = int(progress["epoch"]), int(progress["env_steps"])
         self.updates, self.wall_clock = int(progress["updates"]), float(progress["wall_clock"])
         self.best_return = float(progress["best_return"])
+        self.commands = list(progress.get("commands", [])) + self.commands
         self.log_rows = list(data["log"])
         self.obs = data["obs"].numpy()
         self.env.episode_step[:] = data["episode_step"].numpy()
@@ -558,7 +561,9 @@ def main(argv=None) -> None:
     if not envs.writable_folder(args.out):
         parser.error(f"cannot write to --out {args.out}; pass a writable folder")
 
+    command = "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
     trainer = Trainer(cfg, args.out, name, progress=not args.no_progress)
+    trainer.commands.append(command)
     if args.resume:
         try:
             trainer.resume()
@@ -570,8 +575,7 @@ def main(argv=None) -> None:
               flush=True)
     print("config " + json.dumps(asdict(cfg)), flush=True)
     final = trainer.train()
-    summary = {"command": "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-               "config": asdict(cfg), "epochs": trainer.epoch, "env_steps": trainer.env_steps,
+    summary = {"command": command, "commands": trainer.commands, "config": asdict(cfg), "epochs": trainer.epoch, "env_steps": trainer.env_steps,
                "updates": trainer.updates, "wall_clock_s": round(trainer.wall_clock, 1),
                "best_mean_return": trainer.best_return, "interrupted": trainer.interrupted,
                "last_evaluation": final}
