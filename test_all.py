@@ -621,12 +621,16 @@ def test_resume_with_mismatched_checkpoint(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("family", ["halfcheetah-runjump", "ant-dir", "hopper-vel", "walker-vel"])
 def test_short_training_of_each_family(family, tmp_path):
-    result = run_script("train.py", "--env", family, "--out", str(tmp_path), "--epochs", "2", *TINY_TRAIN)
+    """A few hundred updates of every family: train, checkpoint, load, resume."""
+    hundreds = [*TINY_TRAIN, "--set", "updates_per_epoch=100"]
+    result = run_script("train.py", "--env", family, "--out", str(tmp_path), "--epochs", "2", *hundreds)
     assert result.returncode == 0, result.stderr
     loaded = policy_module.load(str(tmp_path / f"{family}.pt"), env_name=family)
     assert loaded.env_name == family and len(loaded.tasks) == envs.make(family).num_tasks
-    result = run_script("train.py", "--env", family, "--out", str(tmp_path), "--epochs", "3", "--resume", *TINY_TRAIN)
+    result = run_script("train.py", "--env", family, "--out", str(tmp_path), "--epochs", "3", "--resume", *hundreds)
     assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / f"{family}.json").read_text())
+    assert summary["updates"] == 300 and summary["epochs"] == 3 and not summary["interrupted"]
 
 
 def test_baseline_trains_and_loads(tmp_path):
