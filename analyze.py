@@ -653,13 +653,11 @@ def _family_measure(family: str, metrics: dict) -> dict:
     per_task = lambda prefix: [v for k, v in metrics.items() if k.startswith(prefix) and np.isfinite(v)]
     errors = per_task("error[")
     measure = {"error": metrics["mean_error"], "worst_error": max(errors) if errors else float("nan"),
-               "error_unit": "m/s" if envs.FAMILIES[family].planar else "deg", "fell": metrics["fell"]}
-    if not envs.FAMILIES[family].planar:
-        measure["speed_along"] = metrics["mean_speed_along"]
+               "error_unit": "m/s" if envs.FAMILIES[family].planar else "deg", "fell": metrics["fell"],
+               "speed_along": metrics.get("mean_speed_along", float("nan"))}
     for kind in ("jump", "stand"):
         heights = per_task(f"height[{kind}:")
-        if heights:
-            measure[f"{kind}_height"] = float(np.mean(heights))
+        measure[f"{kind}_height"] = float(np.mean(heights)) if heights else float("nan")
     return measure
 
 
@@ -670,8 +668,8 @@ def _measure_text(family: str, m: dict) -> str:
     if family == "halfcheetah-runjump":
         text = "run " + text
         for kind in ("jump", "stand"):
-            if f"{kind}_height" in m:
-                text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
+            if np.isfinite(float(m[f"{kind}_height"])):
+                text += f"; {kind} height {float(m[f'{kind}_height']):+.2f} m"
     return text
 
 
