@@ -28,7 +28,8 @@ ablation  (LTE noise on/off, LTE dimension 3 vs 8; not part of `all`)
     training error as in `evaluate` and the interpolation R^2 against the targets
     (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min
     and max over the seeds of each (lte_noise, lte_dim) setting. Writes
-    ablation.csv (one row per run) and ablation.png.
+    ablation.csv (one row per run: its training budget in updates, from its .json, and
+    the updates at the saved best epoch that is evaluated) and ablation.png.
 interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
     For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
     to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
@@ -741,8 +742,14 @@ def ablation(args) -> dict:
         sub = argparse.Namespace(**{**vars(args), "checkpoints": folder, "out": folder, "env": [family], "pair": pairs})
         curves_of_pairs = interpolate(sub)[family]
         cfg = policy.config
+        budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
+        summary_path = os.path.join(folder, f"{family}.json")
+        if os.path.isfile(summary_path):
+            with open(summary_path) as handle:
+                budget = json.load(handle).get("updates", budget)
         row = {"run": run, "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
-               "updates": policy.progress.get("updates"), "error": round(metrics["mean_error"], 4)}
+               "updates": budget, "best_updates": policy.progress.get("updates"),
+               "error": round(metrics["mean_error"], 4)}
         for a, b in pairs:
             row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
         rows.append(row)

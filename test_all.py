@@ -1033,6 +1033,7 @@ def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
     assert [row["run"] for row in rows] == ["a-s0", "a-s1", "dim8-s0"]
+    assert all(row["updates"] == "20" for row in rows)  # each run's budget, from its .json
     settings = json.loads((tmp_path / "out" / "summary.json").read_text())["ablation"]["settings"]
     assert set(settings) == {"noise 0.02, dim 3", "noise 0.02, dim 8"}
     three = settings["noise 0.02, dim 3"]
