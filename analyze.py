@@ -677,7 +677,7 @@ def _measure_text(family: str, m: dict) -> str:
 def evaluate(args) -> dict:
     """Fresh deterministic evaluation of every checkpoint in --checkpoints: the results table."""
     names = sorted(n for n in os.listdir(args.checkpoints) if n.endswith(".pt") and not n.endswith(".latest.pt"))
-    rows, numbers = [], {}
+    rows, measures, numbers = [], [], {}
     for name in names:
         path = os.path.join(args.checkpoints, name)
         try:
@@ -699,6 +699,7 @@ def evaluate(args) -> dict:
                "episodes": args.episodes, "mean_return": round(metrics["mean_return"], 2),
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure.items()}}
         rows.append(row)
+        measures.append((family, measure))
         numbers[name[:-3]] = row
         say(f"evaluate {name}: {row['policy']}, {row['updates']} updates, {row['env_steps']} env steps, "
             f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, {_measure_text(family, measure)}, "
@@ -709,10 +710,10 @@ def evaluate(args) -> dict:
     write_csv(os.path.join(args.out, "evaluate.csv"), rows)
     lines = ["| checkpoint | policy | updates | env steps | wall-clock | mean return | error measure (deterministic, "
              f"{args.episodes} episodes per task) | falls |", "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row, (family, measure) in zip(rows, measures):  # unrounded measures: no double rounding
         lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
-                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {_measure_text(row['env'], row)} | "
-                     f"{row['fell']:.0%} |")
+                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {_measure_text(family, measure)} | "
+                     f"{measure['fell']:.0%} |")
     train.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
     return numbers
 
