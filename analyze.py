@@ -669,9 +669,16 @@ def _measure_text(family: str, m: dict) -> str:
     if family == "halfcheetah-runjump":
         text = "run " + text
         for kind in ("jump", "stand"):
-            if np.isfinite(float(m[f"{kind}_height"])):
-                text += f"; {kind} height {float(m[f'{kind}_height']):+.2f} m"
+            if np.isfinite(m[f"{kind}_height"]):
+                text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
     return text
+
+
+def _fresh_evaluation(policy, args) -> dict:
+    """train.evaluate on the policy's own tasks, from resets unlike those of the
+    evaluations during training (seed + 10000)."""
+    seed = args.seed + 10_000
+    return train.evaluate(policy, envs.make(policy.env_name, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
 
 
 def evaluate(args) -> dict:
@@ -688,8 +695,7 @@ def evaluate(args) -> dict:
         family = policy.env_name
         if args.env and family not in args.env:
             continue
-        seed = args.seed + 10_000  # resets unlike those of the evaluations during training
-        metrics = train.evaluate(policy, envs.make(family, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
+        metrics = _fresh_evaluation(policy, args)
         measure = _family_measure(family, metrics)
         progress = policy.progress
         row = {"checkpoint": name, "env": family, "policy": "baseline" if policy.baseline else "EAR",
@@ -723,6 +729,9 @@ def evaluate(args) -> dict:
 # --------------------------------------------------------------------------
 
 
+ABLATION_PAIRS = [["3", "4"], ["2", "8"]]  # a neighbouring and a distant pair of HalfCheetah-Vel tasks
+
+
 def ablation(args) -> dict:
     """LTE noise and LTE dimension on HalfCheetah-Vel: training error and interpolation R^2
     of every run folder in --runs (each holding a halfcheetah-vel.pt), grouped by setting."""
@@ -737,10 +746,9 @@ def ablation(args) -> dict:
     for run in runs:
         folder = os.path.join(args.runs, run)
         policy = _load(os.path.join(folder, f"{family}.pt"), family)
-        seed = args.seed + 10_000
-        metrics = train.evaluate(policy, envs.make(family, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
-        pairs = [["3", "4"], ["2", "8"]]
-        sub = argparse.Namespace(**{**vars(args), "checkpoints": folder, "out": folder, "env": [family], "pair": pairs})
+        metrics = _fresh_evaluation(policy, args)
+        sub = argparse.Namespace(**{**vars(args), "checkpoints": folder, "out": folder, "env": [family],
+                                    "pair": ABLATION_PAIRS})
         curves_of_pairs = interpolate(sub)[family]
         cfg = policy.config
         budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
@@ -751,7 +759,7 @@ def ablation(args) -> dict:
         row = {"run": run, "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
                "updates": budget, "best_updates": policy.progress.get("updates"),
                "error": round(metrics["mean_error"], 4)}
-        for a, b in pairs:
+        for a, b in ABLATION_PAIRS:
             row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
         rows.append(row)
     if len({row["updates"] for row in rows}) > 1:
@@ -759,7 +767,7 @@ def ablation(args) -> dict:
             f"compare settings at equal budget only")
     write_csv(os.path.join(args.out, "ablation.csv"), rows)
     settings = sorted({(row["lte_noise"], row["lte_dim"]) for row in rows}, key=lambda s: (-s[0], s[1]))
-    columns = ["error"] + [f"r2_{a}to{b}" for a, b in pairs]
+    columns = ["error"] + [f"r2_{a}to{b}" for a, b in ABLATION_PAIRS]
     numbers = {"runs": rows, "settings": {}}
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8))
     for s, (noise, dim) in enumerate(settings):
@@ -775,7 +783,7 @@ def ablation(args) -> dict:
         numbers["settings"][label] = stats
         say(f"ablation {label} ({len(members)} seeds): error {stats['error']['mean']:.3f} ± {stats['error']['std']:.3f} m/s, "
             + ", ".join(f"R^2 {a}->{b} {stats[f'r2_{a}to{b}']['mean']:.2f} ± {stats[f'r2_{a}to{b}']['std']:.2f}"
-                        for a, b in pairs))
+                        for a, b in ABLATION_PAIRS))
     names = [f"noise {n:g}\ndim {d}" for n, d in settings]
     for ax, column, title in zip(axes, columns, ["mean velocity error (m/s)", "interpolation R² 3→4 m/s",
                                                   "interpolation R² 2→8 m/s"]):
@@ -968,8 +976,8 @@ def render(args) -> dict:
 # Command line
 # --------------------------------------------------------------------------
 
-COMMANDS = {"evaluate": evaluate, "ablation": ablation, "interpolate": interpolate, "compose": compose, "sphere": sphere, "equivariance": equivariance,
-            "curves": curves, "render": render}
+COMMANDS = {"evaluate": evaluate, "ablation": ablation, "interpolate": interpolate, "compose": compose,
+            "sphere": sphere, "equivariance": equivariance, "curves": curves, "render": render}
 
 
 def _at_least(kind, low=1):
