@@ -27,7 +27,7 @@ import analyze
 import envs
 import policy as policy_module
 from policy import Policy, TwinCritic, build_networks, rollout, task_error
-from sac import SAC, Replay
+from sac import SAC, Replay, clip_grad_norms_, resolve_precision
 from train import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -432,6 +432,44 @@ def test_target_networks_move_by_tau():
     sac.update(random_batch())
     for before, target, online in zip(target_before, sac.target_critic.parameters(), sac.critic.parameters()):
         torch.testing.assert_close(target, before + 0.005 * (online.detach() - before), rtol=1e-5, atol=1e-7)
+
+
+def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():
+    sac = tiny_sac()
+    batch = random_batch()
+    new_action, log_prob = sac.policy(batch["obs"], batch["task"], lte_noise=0.02)
+    critic_loss, actor_loss, _ = sac.losses(batch, new_action, log_prob, torch.tensor(0.2))
+    (1000 * (critic_loss + actor_loss)).backward()  # large enough that every group is clipped
+    expected = {}
+    for module in sac.actor_modules:
+        params = list(module.parameters())
+        grads = [p.grad.clone() for p in params]
+        norm = torch.stack([g.norm() for g in grads]).norm()
+        assert norm > 10
+        expected.update({id(p): g * (10 / (norm + 1e-6)) for p, g in zip(params, grads)})
+    critic_grads = [p.grad.clone() for p in sac.critic.parameters()]
+    for member in range(2):  # each critic on its own, as if Q1 and Q2 were separate modules
+        norm = torch.stack([g[member].norm() for g in critic_grads]).norm()
+        assert norm > 10
+        for g in critic_grads:
+            g[member] *= 10 / (norm + 1e-6)
+    expected.update({id(p): g for p, g in zip(sac.critic.parameters(), critic_grads)})
+    clip_grad_norms_(sac.gradient_groups(), 10.0)
+    for p in list(sac.policy.parameters()) + list(sac.critic.parameters()):
+        torch.testing.assert_close(p.grad, expected[id(p)])
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, tmp_path):
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda") == "fp32"
+    for capabilities, expected in (({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True}, "bf16"),
+                                   ({"avx2": True}, "fp32")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        assert resolve_precision("auto", "cpu") == expected
+        import train
+        trainer = train.Trainer(train.Config(env="hopper-vel", critic_hidden=[8], encoder_hidden=[8], decoder_hidden=[8],
+                                             task_hidden=[8], replay_per_task=100), str(tmp_path), "auto", progress=False)
+        assert trainer.cfg.precision == trainer.cfg_dict["precision"] == trainer.sac.precision == expected
 
 
 def test_replay_is_task_balanced_fifo():
@@ -1115,7 +1153,9 @@ def test_train_benchmark_command_runs():
     result = run_script("train.py", "--benchmark", "--seconds", "0.2", timeout=600)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout)
-    assert [c["preset"] for c in line["configs"]] == ["fast", "paper", "paper"]
+    own = [(c["preset"], c["precision"]) for c in line["configs"] if c["preset_precision"]]
+    assert own == [(name, resolve_precision("auto", "cpu")) for name in ("fast", "paper")]
+    assert all(c["precision"] == "fp32" for c in line["configs"] if not c["preset_precision"])
     for config in line["configs"]:
         assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0
         assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
