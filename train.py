@@ -422,8 +422,10 @@ def benchmark(seconds: float = 10.0) -> dict:
                "cores": os.cpu_count(), "configs": []}
     runs = []
     for preset_name in PRESETS:
-        own = resolve_precision(preset(preset_name, "halfcheetah-vel").precision, "cpu")
-        runs += [(preset_name, own, True)] + ([(preset_name, "fp32", False)] if own != "fp32" else [])
+        own_precision = resolve_precision(preset(preset_name, "halfcheetah-vel").precision, "cpu")
+        runs += [(preset_name, own_precision, True)]
+        if own_precision != "fp32":
+            runs.append((preset_name, "fp32", False))
     for preset_name, precision, own in runs:
         cfg = replace(preset(preset_name, "halfcheetah-vel"), warmup_epochs=0, precision=precision)
         trainer = Trainer(cfg, out_dir="/tmp", name="benchmark", progress=False)
