@@ -96,7 +96,7 @@ import torch
 import envs
 from envs import ArgumentParser
 from policy import CheckpointError, build_networks, load, rollout, task_error
-from sac import SAC, Replay
+from sac import cpu_class, machine, resolve_precision, resolve_threads
 
 METHODS = ("bracket", "cem", "scratch", "finetune")
 DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45}  # episodes
@@ -293,11 +293,14 @@ def search_bracket(tally: Tally, policy, prior: dict, rng, budget: int) -> np.nd
 
 
 def _base_config(policy, **changes):
-    """The checkpoint's training config as a train.Config (defaults for fields it lacks)."""
+    """The checkpoint's training config as a train.Config (defaults for fields it
+    lacks), with the machine settings (precision, threads, device) left for this
+    machine to resolve: a checkpoint records what its training machine ran with."""
     from train import Config
     known = {f for f in Config.__dataclass_fields__}
     saved = {k: v for k, v in (getattr(policy, "config", None) or {}).items() if k in known}
-    return replace(Config(**{**saved, "env": policy.env_name}), **changes)
+    here = {"precision": Config.precision, "threads": Config.threads, "device": "cpu"}
+    return replace(Config(**{**saved, **here, "env": policy.env_name}), **changes)
 
 
 def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_WARMUP,
@@ -491,6 +494,9 @@ def benchmark(policy, args) -> dict:
                 r["target_met"] = bool((r["error"] is not None and r["error"] <= 0.3)
                                        or r["return"] >= cem["return"] - 0.05 * abs(cem["return"]))
             rows.append(r)
+    here = machine()
+    print(f"machine: {here['cpu']} ({here['cpu_class']}, {here['usable_cores']} cores, torch {here['torch']}); "
+          f"wall-clock seconds are this machine's")
     print(f"{'task':>8} {'method':>9} {'range':>6} {'error':>8} {'return':>9} {'episodes':>8} "
           f"{'env steps':>9} {'wall s':>7} target")
     for r in rows:
@@ -508,11 +514,12 @@ def benchmark(policy, args) -> dict:
         print(f"bracket on in-range tasks: target (error <= 0.3 or return within 5% of cem) met on "
               f"{summary['targets_met']}/{len(checked)}, mean error {summary['mean_error']}, "
               f"at most {summary['max_episodes']} episodes and {summary['max_wall_clock_s']:.1f} s")
-    return {"env": policy.env_name, "quick": args.quick, "seed": args.seed, "summary": summary, "rows": rows}
+    return {"env": policy.env_name, "quick": args.quick, "seed": args.seed, "machine": here, "summary": summary,
+            "rows": rows}
 
 
 def main(argv=None) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # rollouts of at most a few dozen simulations: one thread is fastest
     parser = ArgumentParser(prog="adapt.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", help="new task: velocity in m/s (4.5), Ant direction in degrees (77), "
                                        "halfcheetah-runjump kind:value (run:3.5, jump:5)")
@@ -555,6 +562,7 @@ def main(argv=None) -> None:
                      f"pass an EAR checkpoint (train.py without --baseline)")
 
     if args.benchmark:
+        _note_machine(policy, path)
         result = benchmark(policy, args)
         result["checkpoint"] = path
         out = args.out or os.path.join("results", "adapt_benchmark.json")
@@ -571,12 +579,25 @@ def main(argv=None) -> None:
         print(f"adapt.py: warning: {prior['reason']}; the result extrapolates beyond the training tasks",
               file=sys.stderr)
     methods = METHODS if args.method == "all" else (args.method,)
+    if {"scratch", "finetune"} & set(methods):
+        _note_machine(policy, path)
     reports = run_methods(policy, task, methods, args, quick=args.quick)
     for report in reports:
         report["checkpoint"] = path
         print(describe(report))
     data = reports[0] if len(reports) == 1 else {"env": policy.env_name, "task": reports[0]["task"], "results": reports}
     _write_outputs(parser, data, reports, args.out, args.plot)
+
+
+def _note_machine(policy, path) -> None:
+    """One line where the SAC baselines run with other machine settings than the
+    checkpoint's training did (they are resolved for this machine, never inherited)."""
+    trained_with = {k: policy.config.get(k) for k in ("precision", "device")}
+    here = {"precision": resolve_precision("auto", "cpu"), "device": "cpu"}
+    if trained_with != here:
+        print(f"adapt.py: {path} was trained with precision {trained_with['precision']} on {trained_with['device']}; "
+              f"here the SAC baselines run with {here['precision']} on the cpu ({cpu_class()} kernels, "
+              f"{resolve_threads(0)} threads)", file=sys.stderr)
 
 
 def _write_outputs(parser, data, reports, out, plot) -> None:

@@ -95,7 +95,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import mujoco
 import mujoco.batch

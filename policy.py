@@ -37,7 +37,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import envs
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 CHECKPOINT_FORMAT = "ear-checkpoint-v1"
@@ -186,9 +185,10 @@ class TwinCritic(nn.Module):
     forward returns (2, B). With `detach=True` gradients reach the inputs (the
     action, for the actor loss) but not the critic's weights."""
 
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, hidden=(400, 400, 400, 400), ensemble: int = 2):
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, hidden=(400, 400, 400, 400), ensemble: int = 2,
+                 layer_norm: bool = False):
         super().__init__()
-        self.num_tasks = num_tasks
+        self.num_tasks, self.layer_norm = num_tasks, layer_norm
         sizes = [obs_dim + act_dim + num_tasks, *hidden, 1]
         self.layers = nn.ModuleList(
             StackedLinear(ensemble, sizes[i], sizes[i + 1], last=i == len(sizes) - 2) for i in range(len(sizes) - 1))
@@ -200,6 +200,8 @@ class TwinCritic(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, detach)
             if i < len(self.layers) - 1:
+                if self.layer_norm:  # normalised critics (LayerNorm without affine terms, before the ReLU)
+                    x = F.layer_norm(x, x.shape[-1:])
                 x = F.relu_(x)
         return x.squeeze(-1)
 
@@ -210,7 +212,8 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
                     task_hidden=cfg["task_hidden"], decoder_hidden=cfg["decoder_hidden"],
                     lse_dim=cfg["lse_dim"], lte_dim=cfg["lte_dim"], baseline=cfg["baseline"],
                     baseline_hidden=cfg["baseline_hidden"])
-    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"])
+    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"],
+                        layer_norm=cfg.get("critic_layer_norm", False))
     return policy, critic
 
 

@@ -35,12 +35,19 @@ Hyperparameters (config fields in train.py):
     grad_clip 10      max gradient norm per module
     lte_noise 0.02    std of the LTE noise in the actor loss
     reward_scale 1    multiplies r
+    alpha_per_task    False: one shared temperature (the paper); True: one per task k,
+                      J(alpha_k) over task k's transitions, and each transition's
+                      target and actor loss use its own task's alpha_k
+    actor_every 1     steps 1 and 4 (temperature, actor) run on every that-many-th
+                      update only; the critics step on every update (a delayed
+                      actor, as in TD3; 1 = the paper's)
     batch_per_task    task-balanced batch: that many transitions of every task
                       (paper 128 x T = 1280; Ant 80 x 24 = 1920)
     replay_per_task   per-task FIFO capacity (paper 1e6 / T)
     precision         "fp32", or "bf16" autocast for the matrix products (parameters,
-                      log-probabilities and Adam stay fp32), or "auto": bf16 on CPUs
-                      that multiply bf16 natively (AMX, AVX512-BF16), fp32 elsewhere.
+                      log-probabilities and Adam stay fp32), or "auto": bf16 where a
+                      bf16 product measures natively fast on this CPU (AMX,
+                      AVX512-BF16), fp32 elsewhere; resolved on every machine afresh.
 
 Speed: the twin critics run as one batched matmul per layer, the whole update
 has no host synchronisation (losses are returned as tensors), the five modules'
@@ -53,6 +60,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
+import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -99,7 +110,7 @@ class Replay:
         n = min(n_step, self.size)
         oldest = self.position if self.size == self.capacity else 0
         offset = torch.randint(0, self.size - n + 1, (self.num_tasks, per_task), generator=generator, device="cpu")
-        index = (oldest + offset.unsqueeze(-1) + torch.arange(n)) % self.capacity  # (T, B, n)
+        index = (oldest + offset.unsqueeze(-1) + torch.arange(n, device="cpu")) % self.capacity  # (T, B, n)
         index = index.to(self.data.device).reshape(self.num_tasks, -1, 1).expand(-1, -1, self.width)
         rows = torch.gather(self.data, 1, index).reshape(self.num_tasks * per_task, n, self.width)
         o, a = self.obs_dim, self.act_dim
@@ -141,17 +152,92 @@ def _group_index(sizes: tuple, device: torch.device) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
 
 
+# --------------------------------------------------------------------------
+# The machine at hand: precision and threads are resolved here, never inherited
+# --------------------------------------------------------------------------
+
+
+NATIVE_BF16_SPEEDUP = 1.3  # a bf16 product must beat fp32 by this much to count as native
+
+
+@functools.lru_cache
+def native_bf16() -> bool:
+    """Whether bf16 matrix products run natively on this CPU, measured on the
+    kernels torch will really use rather than read from the CPU's flags: those
+    kernels also depend on the torch build and on ATEN_CPU_CAPABILITY /
+    ONEDNN_MAX_CPU_ISA. At 320x256x256 a native product (AMX, AVX512-BF16) is
+    about 2x fp32; an emulated one is 3-30x slower than fp32 (README, "Speed")."""
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    if not (flags.get("amx_bf16") or flags.get("avx512_bf16")):
+        return False
+    return _matmul_seconds(torch.float32) > NATIVE_BF16_SPEEDUP * _matmul_seconds(torch.bfloat16)
+
+
+def _matmul_seconds(dtype, repeats: int = 5) -> float:
+    """Best of `repeats` timings of one (320, 256) x (256, 256) product."""
+    a, b = torch.randn(320, 256).to(dtype), torch.randn(256, 256).to(dtype)
+    a @ b  # first call: kernel selection and allocation
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_class() -> str:
+    """What multiplies here: "AMX" or "AVX512-BF16" where bf16 runs natively,
+    else the vector ISA of torch's kernels ("AVX512", "AVX2", ...)."""
+    if native_bf16():
+        return "AMX" if torch.cpu.get_capabilities().get("amx_bf16") else "AVX512-BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """The CPU every speed figure is measured on (printed beside it)."""
+    return {"cpu": cpu_name(), "cpu_class": cpu_class(), "usable_cores": usable_cores(), "torch": torch.__version__}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset or a
+    container's cpuset), not the machine's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int) -> int:
+    """0 becomes every usable core; any other count is kept."""
+    return threads if threads > 0 else usable_cores()
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """"auto" becomes "bf16" where bf16 matrix products run natively and pay
-    (CPUs with AMX or AVX512-BF16: 4-5x fp32 at 256-wide layers), else "fp32".
-    Elsewhere bf16 would be emulated, slower than fp32; on CUDA it is unmeasured
-    here, so "auto" keeps fp32 and `--set precision=bf16` opts in."""
-    if precision != "auto":
-        return precision
-    if torch.device(device).type != "cpu":
-        return "fp32"
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return "bf16" if capabilities.get("amx_bf16") or capabilities.get("avx512_bf16") else "fp32"
+    """"auto" becomes "bf16" where bf16 matrix products run natively (native_bf16),
+    else "fp32". On CUDA and MPS bf16 is unmeasured here, so "auto" keeps fp32
+    and `--set precision=bf16` opts in. An explicit bf16 on a CPU that would
+    emulate it is kept, with one warning."""
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "auto":
+        return "bf16" if on_cpu and native_bf16() else "fp32"
+    if precision == "bf16" and on_cpu and not native_bf16():
+        _warn_emulated_bf16()
+    return precision
+
+
+@functools.lru_cache
+def _warn_emulated_bf16() -> None:
+    print(f"warning: precision=bf16 on this CPU ({cpu_class()} kernels) is emulated, several times slower "
+          f"than fp32; use --set precision=auto", file=sys.stderr, flush=True)
 
 
 class SAC:
@@ -160,12 +246,15 @@ class SAC:
     def __init__(self, policy: Policy, critic: TwinCritic, act_dim: int, cfg: dict, device="cpu"):
         self.policy, self.critic = policy.to(device), critic.to(device)
         self.target_critic = copy.deepcopy(critic).to(device).requires_grad_(False)
-        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
+        # one shared temperature (the paper), or one per task (multi-task SAC practice)
+        alpha_shape = (critic.num_tasks,) if cfg.get("alpha_per_task") else ()
+        self.log_alpha = torch.zeros(alpha_shape, device=device, requires_grad=True)
         self.target_entropy = -float(act_dim)
         self.gamma, self.tau = cfg["gamma"], cfg["tau"]
         self.grad_clip, self.lte_noise = cfg["grad_clip"], cfg["lte_noise"]
         self.reward_scale = cfg["reward_scale"]
-        fused = device != "mps"
+        self.actor_every = cfg.get("actor_every", 1)
+        fused = torch.device(device).type in ("cpu", "cuda")  # elsewhere (mps, ...) the foreach Adam
         self.optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()),
                                           lr=cfg["lr"], fused=fused)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"])
@@ -175,6 +264,8 @@ class SAC:
         self.target_params = list(self.target_critic.parameters())
         self.precision = cfg["precision"]
         self.device_type = torch.device(device).type
+        self.critic_steps = 0
+        self.last_actor_stats: dict = {}
 
     def autocast(self):
         if self.precision == "bf16":
@@ -187,31 +278,50 @@ class SAC:
             return self._update(batch)
 
     def _update(self, batch: dict) -> dict:
-        new_action, log_prob = self.policy(batch["obs"], batch["task"], lte_noise=self.lte_noise)
-        new_action, log_prob = new_action.float(), log_prob.float()
-
-        # 1. temperature
-        entropy_gap = (log_prob.detach() + self.target_entropy).mean()
-        alpha_loss = -self.log_alpha.detach() * entropy_gap
-        self.log_alpha.grad = -entropy_gap  # dJ/dlog(alpha), written out: no second backward pass
-        self.alpha_optimizer.step()
+        task = batch["task"]
+        actor_step = self.critic_steps % self.actor_every == 0
+        self.critic_steps += 1
+        if actor_step:
+            new_action, log_prob = self.policy(batch["obs"], task, lte_noise=self.lte_noise)
+            new_action, log_prob = new_action.float(), log_prob.float()
+            # 1. temperature
+            entropy_gap = self.entropy_gap(log_prob.detach(), task)
+            alpha_loss = -(self.log_alpha.detach() * entropy_gap).mean()
+            self.log_alpha.grad = -entropy_gap  # dJ/dlog(alpha), written out: no second backward pass
+            self.alpha_optimizer.step()
         alpha = self.log_alpha.detach().exp()
+        alpha = alpha[task] if alpha.dim() else alpha  # each transition's own task's temperature
 
-        # 2.-4. target, critic loss, actor loss
-        critic_loss, actor_loss, q = self.losses(batch, new_action, log_prob, alpha)
+        # 2.-3. target and critic loss; 4. actor loss
+        critic_loss, q = self.critic_loss(batch, alpha)
+        loss = critic_loss
+        if actor_step:
+            actor_loss = self.actor_loss(batch, new_action, log_prob, alpha)
+            loss = loss + actor_loss
+            self.last_actor_stats = {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
+                                     "entropy": -log_prob.detach().mean()}
 
-        # 5. clipped, fused Adam step on actor and critics
+        # 5. clipped, fused Adam step on actor and critics (critics only between actor steps)
         self.optimizer.zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()
+        loss.backward()
         clip_grad_norms_(self.gradient_groups(), self.grad_clip)
         self.optimizer.step()
 
         # 6. Polyak averaging of the target critics, all tensors at once
         with torch.no_grad():
             torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
-        return {"critic_loss": critic_loss.detach() / 2, "actor_loss": actor_loss.detach(),
-                "alpha": alpha, "alpha_loss": alpha_loss.detach(), "q": q.detach().mean(),
-                "entropy": -log_prob.detach().mean()}
+        return {"critic_loss": critic_loss.detach() / 2, **self.last_actor_stats,
+                "alpha": self.log_alpha.detach().exp().mean(), "q": q.detach().mean()}
+
+    def entropy_gap(self, log_prob, task) -> torch.Tensor:
+        """E[log pi + H_target]: over the batch for one shared temperature, else
+        per task (the mean over that task's transitions)."""
+        gap = log_prob + self.target_entropy
+        if self.log_alpha.dim() == 0:
+            return gap.mean()
+        size = self.log_alpha.shape[0]
+        counts = torch.bincount(task, minlength=size).clamp(min=1).to(gap.dtype)
+        return torch.zeros(size, dtype=gap.dtype, device=gap.device).index_add_(0, task, gap) / counts
 
     def gradient_groups(self) -> list[list[torch.Tensor]]:
         """The gradients of each module that is clipped on its own: state encoder,
@@ -220,25 +330,27 @@ class SAC:
         critic_grads = [p.grad for p in self.critic_params]  # stacked: member i is g[i]
         return groups + [[g[i] for g in critic_grads] for i in range(self.critic.ensemble)]
 
-    def losses(self, batch: dict, new_action, log_prob, alpha):
-        """Critic loss J(Q_1) + J(Q_2), actor loss J(pi) and Q(o, a) for a batch,
-        given the actor's sample a~ and log pi(a~) at o and the temperature."""
+    def critic_loss(self, batch: dict, alpha):
+        """J(Q_1) + J(Q_2) against the target y (steps 2 and 3), and Q(o, a)."""
         obs, action, task = batch["obs"], batch["action"], batch["task"]
         reward = self.reward_scale * batch["reward"]
-        # 2. target
         with torch.no_grad(), self.autocast():
             next_action, next_log_prob = self.policy(batch["next_obs"], task)
             next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
             discount = batch.get("discount", self.gamma)
             target = reward + discount * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
         with self.autocast():
-            # 3. critic loss (sum of the two critics' MSE: each critic gets its own gradient)
+            # the sum of the two critics' MSE: each critic gets its own gradient
             q = self.critic(obs, action, task).float()
-            critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
-            # 4. actor loss, through the critics' detached weights
-            q_new = self.critic(obs, new_action, task, detach=True).float().min(0).values
-            actor_loss = (alpha * log_prob - q_new).mean()
-        return critic_loss, actor_loss, q
+            loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
+        return loss, q
+
+    def actor_loss(self, batch: dict, new_action, log_prob, alpha):
+        """J(pi) (step 4), given the actor's sample a~ and log pi(a~) at o, through
+        the critics' detached weights: only the actor learns from it."""
+        with self.autocast():
+            q_new = self.critic(batch["obs"], new_action, batch["task"], detach=True).float().min(0).values
+            return (alpha * log_prob - q_new).mean()
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "critic": self.critic.state_dict(),

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -20,13 +21,14 @@ import mujoco
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from dataclasses import asdict
 
 import adapt
 import analyze
 import envs
 import policy as policy_module
-from policy import Policy, TwinCritic, build_networks, rollout, task_error
+from policy import build_networks, rollout, task_error
 from sac import SAC, Replay, clip_grad_norms_, resolve_precision
 from train import Config
 
@@ -373,7 +375,8 @@ def test_gradients_reach_all_policy_parts_from_actor_loss_only():
     sac = tiny_sac()
     batch = random_batch()
     new_action, log_prob = sac.policy(batch["obs"], batch["task"], lte_noise=0.02)
-    critic_loss, actor_loss, _ = sac.losses(batch, new_action, log_prob, torch.tensor(0.2))
+    critic_loss, _ = sac.critic_loss(batch, torch.tensor(0.2))
+    actor_loss = sac.actor_loss(batch, new_action, log_prob, torch.tensor(0.2))
     params = {"state_encoder": list(sac.policy.state_encoder.parameters()),
               "task_encoder": list(sac.policy.task_encoder.parameters()),
               "decoder": list(sac.policy.decoder.parameters())}
@@ -434,11 +437,72 @@ def test_target_networks_move_by_tau():
         torch.testing.assert_close(target, before + 0.005 * (online.detach() - before), rtol=1e-5, atol=1e-7)
 
 
+def test_temperature_per_task_follows_each_tasks_own_entropy_gap():
+    sac = tiny_sac(alpha_per_task=True)
+    batch = random_batch()
+    assert sac.log_alpha.shape == (4,)
+    log_prob = torch.randn(32)
+    expected = torch.stack([(log_prob[batch["task"] == k] - 6.0).mean() for k in range(4)])
+    torch.testing.assert_close(sac.entropy_gap(log_prob, batch["task"]), expected)
+    torch.manual_seed(5)  # the update's first draws are the actor's sample
+    _, log_prob = sac.policy(batch["obs"], batch["task"], lte_noise=0.02)
+    gap = sac.entropy_gap(log_prob.detach(), batch["task"])
+    torch.manual_seed(5)
+    sac.update(batch)
+    step = sac.log_alpha.detach()  # Adam's first step is lr * sign(-gradient) = lr * sign(gap)
+    torch.testing.assert_close(step, 3e-4 * torch.sign(gap), rtol=1e-3, atol=1e-7)
+
+
+def test_delayed_actor_steps_the_actor_and_temperature_on_every_kth_update():
+    sac = tiny_sac(actor_every=2)
+    policy = lambda: [p.detach().clone() for p in sac.policy.parameters()]
+    critic = lambda: [p.detach().clone() for p in sac.critic.parameters()]
+    changed = lambda before, now: any(not torch.equal(b, n) for b, n in zip(before, now))
+    for k in range(4):
+        p0, q0, a0 = policy(), critic(), sac.log_alpha.detach().clone()
+        out = sac.update(random_batch(seed=k))
+        assert changed(p0, policy()) == (k % 2 == 0) and changed([a0], [sac.log_alpha.detach()]) == (k % 2 == 0)
+        assert changed(q0, critic())
+        assert {"critic_loss", "actor_loss", "alpha", "alpha_loss", "q", "entropy"} <= set(out)
+
+
+def test_critic_layer_norm_normalises_every_hidden_layer():
+    sac = tiny_sac(critic_layer_norm=True)
+    seen = []
+    hook = lambda module, inputs, output: seen.append(output)
+    handles = [layer.register_forward_hook(hook) for layer in sac.critic.layers[1:]]
+    batch = random_batch()
+    sac.critic(batch["obs"], batch["action"], batch["task"])
+    for h in handles:
+        h.remove()
+    # the input of layer i + 1 is relu(layer_norm(output of layer i)): check the layer norm through layer 1's input
+    first = sac.critic.layers[0](torch.cat([batch["obs"], batch["action"], F.one_hot(batch["task"], 4).float()], -1)
+                                 .unsqueeze(0).expand(2, -1, -1))
+    normalised = (first - first.mean(-1, keepdim=True)) / torch.sqrt(first.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected_second = sac.critic.layers[1](F.relu(normalised))
+    torch.testing.assert_close(seen[0], expected_second, rtol=1e-4, atol=1e-5)
+    assert not tiny_sac().critic.layer_norm and sac.update(batch)["critic_loss"].isfinite()
+
+
+def test_paper_preset_is_the_papers_algorithm():
+    import train
+    for family, epochs in train.PAPER_EPOCHS.items():
+        cfg = train.preset("paper", family)
+        ant = family == "ant-dir"
+        assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
+        assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.n_step, cfg.reward_scale) == (False, 1, False, 1, 1.0)
+        assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
+        assert cfg.replay_per_task == (50_000 if ant else 100_000)
+        assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
+
+
 def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():
     sac = tiny_sac()
     batch = random_batch()
     new_action, log_prob = sac.policy(batch["obs"], batch["task"], lte_noise=0.02)
-    critic_loss, actor_loss, _ = sac.losses(batch, new_action, log_prob, torch.tensor(0.2))
+    critic_loss, _ = sac.critic_loss(batch, torch.tensor(0.2))
+    actor_loss = sac.actor_loss(batch, new_action, log_prob, torch.tensor(0.2))
     (1000 * (critic_loss + actor_loss)).backward()  # large enough that every group is clipped
     expected = {}
     for module in sac.actor_modules:
@@ -459,17 +523,119 @@ def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():
         torch.testing.assert_close(p.grad, expected[id(p)])
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, tmp_path):
-    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("auto", "cuda") == "fp32"
-    for capabilities, expected in (({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True}, "bf16"),
-                                   ({"avx2": True}, "fp32")):
-        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
-        assert resolve_precision("auto", "cpu") == expected
-        import train
-        trainer = train.Trainer(train.Config(env="hopper-vel", critic_hidden=[8], encoder_hidden=[8], decoder_hidden=[8],
-                                             task_hidden=[8], replay_per_task=100), str(tmp_path), "auto", progress=False)
-        assert trainer.cfg.precision == trainer.cfg_dict["precision"] == trainer.sac.precision == expected
+TINY_SIZES = dict(critic_hidden=[8], encoder_hidden=[8], decoder_hidden=[8], task_hidden=[8], baseline_hidden=[8])
+
+
+def test_auto_precision_follows_the_kernels_that_run(monkeypatch, tmp_path, capsys):
+    """bf16 needs both the CPU's flags and a measured fast bf16 product: flags alone
+    are not enough where torch's kernels are held to AVX2 (ONEDNN_MAX_CPU_ISA)."""
+    import sac as sac_module
+    import train
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp32"
+    fast_bf16 = {torch.float32: 1.0, torch.bfloat16: 0.4}
+    emulated_bf16 = {torch.float32: 1.0, torch.bfloat16: 30.0}
+    try:
+        for flags, seconds, native in (({"amx_bf16": True}, fast_bf16, True), ({"avx512_bf16": True}, fast_bf16, True),
+                                       ({"avx512_bf16": True}, emulated_bf16, False), ({"avx2": True}, fast_bf16, False)):
+            monkeypatch.setattr(torch.cpu, "get_capabilities", lambda f=flags: f)
+            monkeypatch.setattr(sac_module, "_matmul_seconds", lambda dtype, s=seconds: s[dtype])
+            sac_module.native_bf16.cache_clear()
+            assert sac_module.native_bf16() is native
+            expected = "bf16" if native else "fp32"
+            trainer = train.Trainer(train.Config(env="hopper-vel", replay_per_task=100, **TINY_SIZES), str(tmp_path),
+                                    "auto", progress=False)
+            assert trainer.cfg.precision == trainer.cfg_dict["precision"] == trainer.sac.precision == expected
+        sac_module._warn_emulated_bf16.cache_clear()
+        capsys.readouterr()
+        assert resolve_precision("bf16", "cpu") == resolve_precision("bf16", "cpu") == "bf16"  # kept when asked for
+        warnings = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert len(warnings) == 1 and "emulated" in warnings[0] and "precision=auto" in warnings[0]
+    finally:
+        sac_module.native_bf16.cache_clear()  # measured afresh after the monkeypatches are undone
+        sac_module._warn_emulated_bf16.cache_clear()
+
+
+def test_threads_default_to_every_usable_core(tmp_path):
+    import sac as sac_module
+    import train
+    assert train.Config().threads == 0 and sac_module.resolve_threads(0) == len(os.sched_getaffinity(0))
+    assert sac_module.resolve_threads(1) == 1
+    trainer = train.Trainer(train.Config(env="hopper-vel", replay_per_task=100, **TINY_SIZES), str(tmp_path), "t",
+                            progress=False)
+    assert trainer.cfg.threads == torch.get_num_threads() == len(os.sched_getaffinity(0))
+    trainer = train.Trainer(train.Config(env="hopper-vel", replay_per_task=100, threads=1, **TINY_SIZES),
+                            str(tmp_path), "t", progress=False)
+    assert trainer.cfg.threads == torch.get_num_threads() == 1
+
+
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="AVX2 kernels exist on x86 only")
+def test_avx2_only_kernels_train_in_fp32_on_every_core(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 give any x86 machine the
+    kernels of an AVX2-only CPU: there precision=auto resolves to fp32 (an
+    emulated bf16 product measured 3-30x slower than fp32), threads=0 to every
+    usable core, and an explicit precision=bf16 runs with one warning."""
+    env = {**os.environ, **AVX2_ONLY}
+    probe = subprocess.run([PYTHON, "-c", "import torch, sac; print(torch.backends.cpu.get_cpu_capability(), "
+                            "sac.cpu_class(), sac.resolve_precision('auto', 'cpu'))"],
+                           capture_output=True, text=True, env=env, cwd=HERE, timeout=120)
+    assert probe.stdout.split() == ["AVX2", "AVX2", "fp32"], probe.stdout + probe.stderr
+    for precision, warnings in (("auto", 0), ("bf16", 1)):
+        out = tmp_path / precision
+        result = subprocess.run([PYTHON, "train.py", "--out", str(out), "--epochs", "1", *TINY_TRAIN,
+                                 "--set", f"precision={precision}", "--set", "replay_per_task=1000"],
+                                capture_output=True, text=True, env=env, cwd=HERE, timeout=300)
+        assert result.returncode == 0, result.stderr
+        saved = torch.load(out / "halfcheetah-vel.pt", weights_only=True)["config"]
+        assert saved["precision"] == ("fp32" if precision == "auto" else "bf16")
+        assert saved["threads"] == len(os.sched_getaffinity(0))
+        assert result.stderr.count("warning: precision=bf16") == warnings, result.stderr
+
+
+def _every_tensor(sac, replay, batch, out):
+    """(name, tensor) for everything an update touches: parameters, buffers, target
+    critics, temperature, optimiser states, replay, the batch and the losses. The
+    non-fused Adam keeps its `step` counter on the CPU by design (torch.optim), so
+    that scalar is left out where the optimiser is not fused."""
+    for owner, module in (("policy", sac.policy), ("critic", sac.critic), ("target", sac.target_critic)):
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            yield f"{owner}.{name}", tensor
+    yield "log_alpha", sac.log_alpha
+    for label, optimizer in (("optimizer", sac.optimizer), ("alpha_optimizer", sac.alpha_optimizer)):
+        fused = optimizer.defaults.get("fused")
+        for state in optimizer.state.values():
+            for key, tensor in state.items():
+                if key != "step" or fused:
+                    yield f"{label}.{key}", tensor
+    yield "replay", replay.data
+    yield from (("batch." + k, v) for k, v in batch.items())
+    yield from (("update." + k, v) for k, v in out.items())
+
+
+DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else []) + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_tensor_lives_on_the_device_asked_for(device):
+    """No silent CPU fallback: after an update every tensor is on the asked device.
+    "meta" stands in for an accelerator on machines without one: a tensor that some
+    code made without the asked device would show up on the CPU."""
+    cfg = asdict(Config(**TINY_SIZES))
+    policy, critic = build_networks(5, 2, 3, cfg)
+    sac = SAC(policy, critic, 2, {**cfg, "precision": resolve_precision("auto", device)}, device=device)
+    replay = Replay(3, 10, 5, 2, device=device)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        replay.add(rng.standard_normal((3, 5)), rng.uniform(-1, 1, (3, 2)), rng.standard_normal(3),
+                   rng.standard_normal((3, 5)), np.zeros(3, bool))
+    batch = replay.sample(4, torch.Generator().manual_seed(0))
+    out = sac.update(batch)
+    sac.update(replay.sample(4, torch.Generator().manual_seed(1)))
+    elsewhere = [name for name, tensor in _every_tensor(sac, replay, batch, out)
+                 if tensor.device.type != torch.device(device).type]
+    assert not elsewhere, elsewhere
 
 
 def test_replay_is_task_balanced_fifo():
@@ -695,7 +861,18 @@ def test_rollout_metrics_are_consistent():
 
 def test_shipped_checkpoints_load_and_reproduce():
     """Every shipped checkpoint loads with weights_only=True, names its family and
-    tasks, and its recorded evaluation is reproduced by a fresh evaluation."""
+    tasks, and a fresh evaluation with the recorded seed reproduces its recorded
+    evaluation within 15% of |return| + 10.
+
+    The tolerance is measured, not guessed: another CPU sums floats in another order,
+    and a locomotion rollout amplifies that like a different reset seed; the recorded
+    return is also the best of a run's evaluations, so a fresh one tends to be lower.
+    Against the returns recorded on the Xeon (AMX) that trained the checkpoints,
+    fresh evaluations on an AMD EPYC (AVX512-BF16), with its own kernels and with
+    AVX2-only kernels, on 1 and 2 threads, and over 5 reset seeds each, deviated by
+    at most 9.9 (four-motion, |return| 30: 33%) and 42 (ant-dir-baseline, 545: 7.7%),
+    2-4% elsewhere; the tolerance is 1.5-2x those. A broken checkpoint or environment
+    misses by far more (an untrained HalfCheetah-Vel policy: about -1100 against -210)."""
     folder = os.path.join(HERE, "checkpoints")
     shipped = [n for n in sorted(os.listdir(folder)) if n.endswith(".pt") and not n.endswith(".latest.pt")] if os.path.isdir(folder) else []
     if not shipped:
@@ -708,7 +885,7 @@ def test_shipped_checkpoints_load_and_reproduce():
         env = envs.make(loaded.env_name, tasks=loaded.tasks, seed=data["config"]["seed"] + 10_000)
         fresh = train.evaluate(loaded, env, data["config"]["eval_episodes"], seed=data["config"]["seed"] + 10_000)
         recorded = data["metrics"]["mean_return"]
-        assert abs(fresh["mean_return"] - recorded) <= 0.05 * abs(recorded) + 5, (name, fresh["mean_return"], recorded)
+        assert abs(fresh["mean_return"] - recorded) <= 0.15 * abs(recorded) + 10, (name, fresh["mean_return"], recorded)
 
 
 # ==========================================================================
@@ -853,6 +1030,26 @@ def test_sac_baselines_run_within_their_step_budget(method):
     assert [c["env_steps"] for c in report["curve"]] == [150, 300]
     assert (report["lte"] is None) == (method == "scratch")
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # worked on a copy
+
+
+def test_sac_baselines_resolve_precision_and_threads_for_this_machine(monkeypatch):
+    """A checkpoint records the machine it trained on; adaptation's SAC learners
+    resolve precision, threads and device here instead of inheriting them."""
+    import sac as sac_module
+    import train
+    net = lte_sensitive_policy()
+    net.config = {**net.config, "precision": "bf16", "threads": 1, "device": "cuda"}  # as if from an AMX/GPU machine
+    built = []
+
+    class RecordingTrainer(train.Trainer):
+        def __init__(self, cfg, *args, **kwargs):
+            super().__init__(cfg, *args, **kwargs)
+            built.append(self.cfg)
+
+    monkeypatch.setattr(train, "Trainer", RecordingTrainer)
+    adapt.adapt(net, 4.5, "finetune", budget_steps=60, warmup_steps=50, eval_every=60, eval_episodes=1)
+    (cfg,) = built
+    assert (cfg.precision, cfg.threads, cfg.device) == (resolve_precision("auto", "cpu"), sac_module.usable_cores(), "cpu")
 
 
 def _assert_one_line_error(result, *words):
@@ -1150,15 +1347,45 @@ def test_readme_quick_tour_with_tiny_budgets(tmp_path):
 
 
 def test_train_benchmark_command_runs():
+    import sac as sac_module
     result = run_script("train.py", "--benchmark", "--seconds", "0.2", timeout=600)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout)
-    own = [(c["preset"], c["precision"]) for c in line["configs"] if c["preset_precision"]]
-    assert own == [(name, resolve_precision("auto", "cpu")) for name in ("fast", "paper")]
-    assert all(c["precision"] == "fp32" for c in line["configs"] if not c["preset_precision"])
+    assert line["machine"]["cpu_class"] == sac_module.cpu_class() and line["machine"]["cpu"]
+    own = [(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if c["preset_precision"]]
+    cores = len(os.sched_getaffinity(0))
+    assert own == [(name, resolve_precision("auto", "cpu"), cores) for name in ("fast", "paper")]
+    others = {(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if not c["preset_precision"]}
+    expected = set()
+    if resolve_precision("auto", "cpu") != "fp32":
+        expected |= {("fast", "fp32", cores), ("paper", "fp32", cores)}
+    if cores > 1:
+        expected.add(("fast", resolve_precision("auto", "cpu"), 1))
+    assert others == expected
     for config in line["configs"]:
-        assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0
+        assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0 and 0 < config["matmul_share"]
         assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
+        if config["preset_precision"]:
+            assert set(config["epoch_share"]) == {"stepping", "updating", "evaluating"}
+            assert math.isclose(sum(config["epoch_share"].values()), 1.0, abs_tol=0.01)
+
+
+def test_matmul_replay_records_every_product_of_an_update():
+    """The benchmark's roof replays the products of the forward and the backward
+    pass: a 2-layer critic and a 3-part actor do dozens of them per update."""
+    import train
+    cfg = asdict(Config(**TINY_SIZES, precision="fp32"))
+    policy, critic = build_networks(5, 2, 3, cfg)
+    sac = SAC(policy, critic, 2, cfg)
+    replay = Replay(3, 10, 5, 2)
+    for _ in range(4):
+        replay.add(np.zeros((3, 5)), np.zeros((3, 2)), np.zeros(3), np.zeros((3, 5)), np.zeros(3, bool))
+    recorder = train._RecordMatmuls()
+    with recorder:
+        sac.update(replay.sample(4))
+    names = {func.overloadpacket.__name__ for func, _ in recorder.calls}
+    assert names >= {"addmm", "mm", "baddbmm", "bmm"} and len(recorder.calls) > 20
+    assert train._matmul_seconds(sac.update, replay.sample(4), repeats=2) > 0
 
 
 def test_adapt_benchmark_quick_runs(tmp_path):

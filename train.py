@@ -53,11 +53,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # benchmark only: sees the backward pass's products too
 
 import envs
 from envs import ArgumentParser, fail
 from policy import CheckpointError, build_networks, read_checkpoint, rollout, task_error
-from sac import SAC, Replay, resolve_precision
+from sac import SAC, Replay, machine, resolve_precision, resolve_threads
 
 
 @dataclass
@@ -81,6 +82,9 @@ class Config:
     tau: float = 0.005
     lr: float = 2e-3  # the paper uses 3e-4: far slower here (README, "Choosing the fast preset")
     grad_clip: float = 10.0
+    alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
+    actor_every: int = 1  # actor and temperature step once every that many critic steps (1 = the paper's)
+    critic_layer_norm: bool = False  # LayerNorm after every hidden layer of the critics (not in the paper)
     reward_scale: float = 1.0
     n_step: int = 1  # 1 = the paper's one-step target; n > 1 sums n rewards before bootstrapping
     batch_per_task: int = 32
@@ -94,7 +98,7 @@ class Config:
     eval_every: int = 10
     eval_episodes: int = 2
     checkpoint_every: int = 50
-    threads: int = 1  # torch CPU threads (0 = all cores); 2 threads pay only ~1.25x at the fast sizes
+    threads: int = 0  # torch CPU threads; 0 = every usable core (faster on every CPU measured, README); 1 for two runs side by side
     device: str = "cpu"
 
 
@@ -114,7 +118,7 @@ def preset(name: str, env: str) -> Config:
                       batch_per_task=80 if ant else 128,
                       replay_per_task=50_000 if ant else int(1e6) // num_tasks,
                       epochs=PAPER_EPOCHS[env], warmup_epochs=20,
-                      eval_every=1, eval_episodes=3, checkpoint_every=10, threads=0)
+                      eval_every=1, eval_episodes=3, checkpoint_every=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: fast, paper")
 
 
@@ -200,14 +204,14 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: str, name: str, progress: bool = True,
                  tasks=None, networks=None):
-        cfg = replace(cfg, precision=resolve_precision(cfg.precision, cfg.device))  # saved as what ran
+        # resolved for this machine and saved as what ran; never taken from a checkpoint
+        cfg = replace(cfg, precision=resolve_precision(cfg.precision, cfg.device), threads=resolve_threads(cfg.threads))
         self.cfg, self.out_dir, self.name, self.show_progress = cfg, out_dir, name, progress
         self.paths = {k: os.path.join(out_dir, f"{name}{ext}") for k, ext in
                       (("best", ".pt"), ("log", ".csv"), ("summary", ".json"), ("latest", ".latest.pt"))}
         torch.manual_seed(cfg.seed)
         torch.set_flush_denormal(True)  # denormal floats take slow CPU paths and carry no information here
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads)
         tasks = cfg.task_set if tasks is None else tasks
         self.env = envs.make(cfg.env, tasks=tasks, seed=cfg.seed)
         self.eval_env = envs.make(cfg.env, tasks=tasks, seed=cfg.seed + 10_000)
@@ -258,6 +262,7 @@ class Trainer:
             if saved.get(key) != self.cfg_dict.get(key):
                 raise CheckpointError(f"{path} was made with {key}={saved.get(key)!r}, not {self.cfg_dict.get(key)!r}; "
                                       f"resume with the same --env/--preset/--set options or use another --name")
+        self.resumed_machine = {key: saved.get(key) for key in ("precision", "threads", "device")}
         self.sac.load_state_dict(data["sac"])
         self.replay.load_state_dict(data["replay"])
         progress = data["progress"]
@@ -414,39 +419,60 @@ class PlainSAC:
 
 
 def benchmark(seconds: float = 10.0) -> dict:
-    """Updates/s of our SAC update and of PlainSAC (fp32, same sizes, batch and
-    threads, same run) at the fast and paper sizes, each with the preset's own
-    precision ("preset_precision": true) and, where that is bf16, also in fp32;
-    and env steps/s of data collection (policy + env), on HalfCheetah-Vel."""
-    results = {"benchmark": "train", "torch": torch.__version__, "cpu": _cpu_name(),
-               "cores": os.cpu_count(), "configs": []}
+    """Speed on HalfCheetah-Vel, measured on this machine (`machine`: CPU model and
+    class). Per preset, in its own precision with its threads, then in fp32 (where
+    that differs) and on one thread:
+      updates_per_s         our SAC update
+      plain_updates_per_s   PlainSAC (fp32, same sizes, batch and threads, same run)
+      matmul_share          the time of the update's matrix products alone (replayed
+                            at the same shapes and precision) over the update's time:
+                            1.0 would be the roof of this CPU for this update
+      collect_env_steps_per_s   data collection (policy + env)
+      epoch_share           (own precision and threads) the share of an epoch spent
+                            stepping, updating and evaluating"""
+    results = {"benchmark": "train", "machine": machine(), "configs": []}
     runs = []
     for preset_name in PRESETS:
-        own_precision = resolve_precision(preset(preset_name, "halfcheetah-vel").precision, "cpu")
-        runs += [(preset_name, own_precision, True)]
+        cfg = preset(preset_name, "halfcheetah-vel")
+        own_precision, own_threads = resolve_precision(cfg.precision, "cpu"), resolve_threads(cfg.threads)
+        runs.append((preset_name, own_precision, own_threads, True))
         if own_precision != "fp32":
-            runs.append((preset_name, "fp32", False))
-    for preset_name, precision, own in runs:
-        cfg = replace(preset(preset_name, "halfcheetah-vel"), warmup_epochs=0, precision=precision)
+            runs.append((preset_name, "fp32", own_threads, False))
+        if preset_name == "fast" and own_threads != 1:
+            runs.append((preset_name, own_precision, 1, False))
+    for preset_name, precision, threads, own in runs:
+        # a small replay: where a batch is drawn from does not change the update's speed
+        cfg = replace(preset(preset_name, "halfcheetah-vel"), warmup_epochs=0, precision=precision, threads=threads,
+                      replay_per_task=5000)
         trainer = Trainer(cfg, out_dir="/tmp", name="benchmark", progress=False)
-        torch.set_num_threads(cfg.threads if cfg.threads > 0 else os.cpu_count())
-        trainer.collect(1000)
+        trainer.collect(200)
         collect_start = time.perf_counter()
         trainer.collect(400)
         collect_rate = 400 * trainer.env.num_tasks / (time.perf_counter() - collect_start)
         sample = lambda: trainer.replay.sample(cfg.batch_per_task, trainer.generator)
         ours = _updates_per_second(trainer.sac.update, sample, seconds)
+        roof = _matmul_seconds(trainer.sac.update, sample())
         policy, _ = build_networks(trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, trainer.cfg_dict)
         plain = PlainSAC(policy, trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, cfg.critic_hidden)
         plain_rate = _updates_per_second(plain.update, sample, seconds)
-        results["configs"].append({
-            "preset": preset_name, "encoder_hidden": cfg.encoder_hidden, "task_hidden": cfg.task_hidden,
-            "decoder_hidden": cfg.decoder_hidden, "critic_hidden": cfg.critic_hidden,
-            "batch": cfg.batch_per_task * trainer.env.num_tasks, "obs_dim": trainer.env.obs_dim,
-            "act_dim": trainer.env.act_dim, "tasks": trainer.env.num_tasks, "precision": cfg.precision,
-            "preset_precision": own, "threads": torch.get_num_threads(),
-            "updates_per_s": round(ours, 1), "plain_updates_per_s": round(plain_rate, 1),
-            "speedup": round(ours / plain_rate, 2), "collect_env_steps_per_s": round(collect_rate)})
+        row = {"preset": preset_name, "encoder_hidden": cfg.encoder_hidden, "task_hidden": cfg.task_hidden,
+               "decoder_hidden": cfg.decoder_hidden, "critic_hidden": cfg.critic_hidden,
+               "batch": cfg.batch_per_task * trainer.env.num_tasks, "obs_dim": trainer.env.obs_dim,
+               "act_dim": trainer.env.act_dim, "tasks": trainer.env.num_tasks, "precision": cfg.precision,
+               "preset_precision": own, "threads": torch.get_num_threads(),
+               "updates_per_s": round(ours, 1), "plain_updates_per_s": round(plain_rate, 1),
+               "speedup": round(ours / plain_rate, 2), "matmul_share": round(roof * ours, 2),
+               "collect_env_steps_per_s": round(collect_rate)}
+        if own:
+            evaluate_start = time.perf_counter()
+            evaluate(trainer.sac.policy, trainer.eval_env, cfg.eval_episodes, seed=0)
+            seconds_per_epoch = {"stepping": cfg.steps_per_epoch * trainer.env.num_tasks / collect_rate,
+                                 "updating": cfg.updates_per_epoch / ours,
+                                 "evaluating": (time.perf_counter() - evaluate_start) / cfg.eval_every}
+            total = sum(seconds_per_epoch.values())
+            row["epoch_seconds"] = round(total, 2)
+            row["epoch_share"] = {k: round(v / total, 3) for k, v in seconds_per_epoch.items()}
+        results["configs"].append(row)
     return results
 
 
@@ -461,16 +487,37 @@ def _updates_per_second(update, sample, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown"
+class _RecordMatmuls(TorchDispatchMode):
+    """Records the shape and dtype of every matrix product dispatched inside it,
+    the backward pass's included (below autocast, so with the dtypes that ran)."""
+
+    PRODUCTS = (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in self.PRODUCTS:
+            self.calls.append((func, [(a.shape, a.dtype) for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def _matmul_seconds(update, batch: dict, repeats: int = 20) -> float:
+    """Seconds of one update's matrix products alone: recorded during one update,
+    then replayed on fresh contiguous tensors of the same shapes and dtypes
+    (the best of `repeats` replays)."""
+    recorder = _RecordMatmuls()
+    with recorder:
+        update(batch)
+    calls = [(func, [torch.randn(shape).to(dtype) for shape, dtype in inputs]) for func, inputs in recorder.calls]
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for func, inputs in calls:
+            func(*inputs)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 # --------------------------------------------------------------------------
@@ -506,7 +553,7 @@ def parse_overrides(cfg: Config, items: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     envs.check_family(cfg.env)
     envs.training_tasks(cfg.env, cfg.task_set)
-    positive = ("n_step", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
+    positive = ("n_step", "actor_every", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
                 "checkpoint_every", "batch_per_task", "replay_per_task", "lse_dim", "lte_dim")
     for key in positive:
         if getattr(cfg, key) < 1:
@@ -525,10 +572,12 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"lte_noise must not be negative, got {cfg.lte_noise}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    if cfg.device != "cpu" and cfg.device != "mps" and not cfg.device.startswith("cuda"):
+        raise ValueError(f"device must be cpu, cuda[:N] or mps, got {cfg.device!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available; use --device cpu")
-    if cfg.device not in ("cpu",) and not cfg.device.startswith("cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked for, but no Apple GPU (MPS) is available; use --device cpu")
 
 
 def main(argv=None) -> None:
@@ -539,7 +588,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's; fast 1500, paper 4000-10000 by family)%(default).0s")
     parser.add_argument("--baseline", action="store_true", help="plain multi-task SAC (policy on obs + one-hot task)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or mps")
     parser.add_argument("--out", default="checkpoints", help="folder for the checkpoint, log and summary")
     parser.add_argument("--name", default=None, help="run name (default: the family, plus -baseline)%(default).0s")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME.latest.pt to the same total epochs")
@@ -581,6 +630,9 @@ def main(argv=None) -> None:
         except CheckpointError as error:
             parser.error(str(error))
         print(f"resumed {trainer.paths['latest']} at epoch {trainer.epoch}/{cfg.epochs}", flush=True)
+        if trainer.resumed_machine != {k: getattr(cfg, k) for k in trainer.resumed_machine}:
+            print(f"note: the run so far ran with {trainer.resumed_machine}; it continues with "
+                  f"precision={cfg.precision}, threads={cfg.threads}, device={cfg.device}", flush=True)
     elif os.path.exists(trainer.paths["latest"]) and trainer.paths["latest"]:
         print(f"note: starting afresh; {trainer.paths['latest']} will be overwritten (use --resume to continue it)",
               flush=True)
