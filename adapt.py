@@ -1,4 +1,4 @@
-"""Few-shot adaptation in the latent task embedding space (paper Sec. 4.3 and 5.3; spec 7).
+"""Few-shot adaptation in the latent task embedding space (paper Sec. 4.3 and 5.3).
 
 EAR's headline claim: after multi-task training, a new task of the family is solved
 by searching only the 3-d latent task embedding (LTE) on the unit sphere S^2, with
@@ -31,7 +31,7 @@ Methods (--method):
             nothing better. All candidates of a round run at once, one simulation each,
             with deterministic actions; a third of the budget goes to round 1, the rest
             to rounds of at most 10.
-  cem       the authors' search, exactly spec 7: 6 elites uniform on S^2; 10 rounds;
+  cem       the authors' search, exactly as their release runs it: 6 elites uniform on S^2; 10 rounds;
             each round 90 candidates = the elites tiled 15 times, all but the first 6
             perturbed by N(0, 0.5^2) and re-normalised; one stochastic 200-step episode
             each, all 90 in one env of this task only; keep the top 6. 900 episodes (the
@@ -220,7 +220,7 @@ class Tally:
 
 
 def search_cem(tally: Tally, rng, rounds: int) -> np.ndarray:
-    """The release's elitist search on the sphere (spec 7); returns the top elite."""
+    """The release's elitist search on the sphere; returns the top elite."""
     elites = unit(rng.standard_normal((CEM_ELITES, 3)))
     for _ in range(rounds):
         candidates = np.tile(elites, (CEM_TILES, 1))
@@ -474,10 +474,10 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
         elif method == "cem":
             options["cem_rounds"] = args.rounds or (1 if quick else None)
         else:
-            options["budget_steps"] = 400 if quick else steps
+            options["budget_steps"] = 300 if quick else steps
             options["budget_episodes"] = args.budget
             if quick:
-                options.update(warmup_steps=200, eval_every=300)
+                options.update(warmup_steps=200, eval_every=150)
         reports.append(adapt(policy, task, method, **options))
         if method == "bracket":
             steps = reports[-1]["env_steps"]

@@ -30,7 +30,7 @@ ablation  (LTE noise on/off, LTE dimension 3 vs 8; not part of `all`)
     and max over the seeds of each (lte_noise, lte_dim) setting. Writes
     ablation.csv (one row per run: its training budget in updates, from its .json, and
     the updates at the saved best epoch that is evaluated) and ablation.png.
-interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
+interpolate  (paper Sec. 5.2, zero-shot interpolation)
     For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
     to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
     and by slerp (constant angular speed along the great circle). Each e(alpha) is
@@ -43,7 +43,7 @@ interpolate  (paper Sec. 5.2, zero-shot interpolation; spec 8)
     R^2 = 1 - sum (y - prediction)^2 / sum (y - mean y)^2 over the alphas (y: the
     mean over episodes); null when y does not vary (a policy that stands still).
     Velocity: mean over steps 50-200 of the episode; Ant heading: direction of the
-    torso's displacement over the episode (spec 8: heading of the final position).
+    torso's displacement over the episode (the release's measure: heading of the final position).
 compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
     On halfcheetah-runjump.pt, and on every other halfcheetah-runjump-NAME.pt beside
     it (compose_NAME.png/csv, summary key NAME; e.g. the four-motion tasks):
@@ -55,7 +55,7 @@ compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
     --airborne-height (0.2 m: a level torso is then 0.9 m up, out of reach of the
     ~0.6 m legs; a rearing cheetah can pass it with a hind foot down, so read it
     as "high" rather than strictly airborne).
-sphere  (the paper's self-organised LTE space; spec 9)
+sphere  (the paper's self-organised LTE space, Sec. 5.2)
     The trained LTEs on S^2 and --directions Fibonacci-lattice directions, one
     rollout each, coloured by the velocity (Ant: heading, and speed) they produce.
     neighbour_ratio = mean |b_i - b_nn(i)| / mean |b_i - b_j| over the lattice
@@ -63,7 +63,7 @@ sphere  (the paper's self-organised LTE space; spec 9)
     behaviour map, 1 a map with no spatial structure. lte_nearest_is_adjacent_task:
     fraction of trained LTEs whose nearest other LTE belongs to a neighbouring task
     in the task list (1: the LTEs lie on a curve in task order).
-equivariance  (the paper's claim that the LSE is equivariant; spec 9)
+equivariance  (the paper's claim that the LSE is equivariant)
     LSE trajectories s_t of every training task (steps 50-200, deterministic),
     projected to their first two principal components, and this measure (ours):
         R* = argmin_{R in O(16)} sum_t ||R s_t - s_{t+1}||^2   (orthogonal Procrustes:
@@ -78,7 +78,7 @@ equivariance  (the paper's claim that the LSE is equivariant; spec 9)
     Also reported: step_deg, the mean angle the LSE turns per step (a nearly still
     LSE makes any residual meaningless: below 0.01 degrees per step the residual
     is NaN), and NaN for trajectories shorter than 2*16 + 2 steps (falls).
-curves  (EAR against multi-task SAC during training; spec 9)
+curves  (EAR against multi-task SAC during training)
     Mean return and mean error over the training tasks against env steps and
     wall-clock, EAR against the plain multi-task SAC baseline, from the CSV logs.
 render
@@ -650,7 +650,7 @@ def equivariance(args) -> dict:
 
 
 def _family_measure(family: str, metrics: dict) -> dict:
-    """The family's own error measure from train.evaluate's metrics (issue table columns)."""
+    """The family's own error measure from train.evaluate's metrics (the results table's columns)."""
     per_task = lambda prefix: [v for k, v in metrics.items() if k.startswith(prefix) and np.isfinite(v)]
     errors = per_task("error[")
     measure = {"error": metrics["mean_error"], "worst_error": max(errors) if errors else float("nan"),

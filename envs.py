@@ -1,4 +1,4 @@
-"""The EAR task families on the raw MuJoCo bindings (paper Sec. 5, spec section 6).
+"""The EAR task families on the raw MuJoCo bindings (paper Sec. 5 and appendix).
 
 Each family is one locomotion robot and a list of tasks that differ only in
 their reward. A `MultiTaskEnv` holds one simulation per task and advances all of
@@ -13,7 +13,7 @@ returns a `(T, act_dim)` action every step.
     info["velocity"]                              # forward velocity per task, m/s
 
 `make(name, tasks=None, seed=None, nthread=1)`
-    name: one of FAMILIES. tasks: None (the training tasks of the spec), the
+    name: one of FAMILIES. tasks: None (the family's training tasks), the
     name of a task set in TASK_SETS[name], or a list of task parameters:
     velocities in m/s, Ant directions in degrees, or (kind, value) pairs for
     the multi-modal cheetah. Returns a MultiTaskEnv with attributes `name`,

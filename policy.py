@@ -1,5 +1,5 @@
 """The EAR multi-task policy: state encoder (LSE), task encoder (LTE), action decoder,
-and the twin critics (paper Sec. 3 and Fig. 2; spec sections 2 and 3).
+and the twin critics (paper Sec. 3 and Fig. 2).
 
     LSE  s_t = normalize(StateEncoder(o_t))            on the unit sphere S^15
     LTE  z_k = normalize(TaskEncoder(onehot(k)))        on the unit sphere S^2
@@ -7,7 +7,7 @@ and the twin critics (paper Sec. 3 and Fig. 2; spec sections 2 and 3).
     critics   Q_i(o, a, onehot(k)), i = 1, 2          (they never see LSE or LTE)
 
 The one "moderate constraint" beyond the two projections is Gaussian noise on
-the LTE in the actor loss: z~ = normalize(z + N(0, lte_noise^2)) (spec 3).
+the LTE in the actor loss: z~ = normalize(z + N(0, lte_noise^2)) (Sec. 3.2's moderate constraints).
 
 After training, the task encoder is only a table of T unit vectors
 (`policy.task_embeddings`); adaptation, interpolation and composition feed any

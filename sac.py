@@ -1,4 +1,4 @@
-"""Multi-task soft actor-critic: the update EAR is trained with (paper Sec. 3.3, spec 4).
+"""Multi-task soft actor-critic: the update EAR is trained with (paper Sec. 3.3).
 
 Notation: o observation, a action, k task id, r reward, d terminal (a fall, never
 the 200-step cap), pi the EAR actor (state encoder + task encoder + decoder),
@@ -14,7 +14,7 @@ One call of `SAC.update(batch)` performs, in the authors' order:
  3. critic loss   J(Q_i) = E[ (Q_i(o, a, k) - y)^2 ]           (MSE, both critics)
  4. actor loss    J(pi)  = E[ alpha log pi(a~|o,k) - min_i Q_i(o, a~, k) ]
                   where the actor sees the noisy LTE z~ = normalize(z_k + N(0, lte_noise^2))
-                  (spec 3; lte_noise = 0 reproduces the release's effective behaviour).
+                  (Sec. 3.2; lte_noise = 0 reproduces the release's effective behaviour).
                   The gradient reaches the state encoder, task encoder and decoder
                   only through this loss: the critics never see LSE or LTE.
  5. steps         Adam (lr 3e-4) on actor and critics, after clipping each module's
@@ -241,7 +241,7 @@ def _warn_emulated_bf16() -> None:
 
 
 class SAC:
-    """Networks, target critics, temperature and optimisers; `update` is spec 4."""
+    """Networks, target critics, temperature and optimisers; `update` is steps 1-6 of the module docstring."""
 
     def __init__(self, policy: Policy, critic: TwinCritic, act_dim: int, cfg: dict, device="cpu"):
         self.policy, self.critic = policy.to(device), critic.to(device)

@@ -126,7 +126,7 @@ def test_loading_writes_no_log_file(tmp_path):
 
 
 def _independent_reward(name, task, qpos_before, qpos_after, action, dt):
-    """Reward from positions alone, written from spec 6 without the env's code."""
+    """Reward from positions alone, written from the reward table without the env's code."""
     a = np.clip(action, -1, 1)
     if name == "ant-dir":
         v = (qpos_after[:2] - qpos_before[:2]) / dt
@@ -722,9 +722,17 @@ def test_resume_continues_the_log(tiny_run, tmp_path):
     import shutil
     for name in os.listdir(tiny_run):
         shutil.copy(tiny_run / name, tmp_path / name)
+    here = resolve_precision("auto", "cpu")
+    latest = torch.load(tmp_path / "halfcheetah-vel.latest.pt", weights_only=True)
+    latest["config"].update(precision="fp32" if here == "bf16" else "bf16", threads=7)  # as if from another machine
+    torch.save(latest, tmp_path / "halfcheetah-vel.latest.pt")
     result = run_script("train.py", "--out", str(tmp_path), "--epochs", "3", "--resume", *TINY_TRAIN)
     assert result.returncode == 0, result.stderr
     assert "resumed" in result.stdout
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: the run so far ran with")]
+    assert len(notes) == 1 and f"precision={here}" in notes[0], result.stdout
+    saved = json.loads((tmp_path / "halfcheetah-vel.json").read_text())["config"]
+    assert (saved["precision"], saved["threads"]) == (here, len(os.sched_getaffinity(0)))
     rows = (tmp_path / "halfcheetah-vel.csv").read_text().strip().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]
     assert [int(r.split(",")[2]) for r in rows[1:]] == [10, 20, 30]
@@ -1050,6 +1058,19 @@ def test_sac_baselines_resolve_precision_and_threads_for_this_machine(monkeypatc
     adapt.adapt(net, 4.5, "finetune", budget_steps=60, warmup_steps=50, eval_every=60, eval_episodes=1)
     (cfg,) = built
     assert (cfg.precision, cfg.threads, cfg.device) == (resolve_precision("auto", "cpu"), sac_module.usable_cores(), "cpu")
+
+
+def test_checkpoint_from_another_machine_adapts_with_one_line_saying_what_runs(tmp_path):
+    net = lte_sensitive_policy()
+    net.config = {**net.config, "precision": "bf16", "device": "cuda"}  # trained on a GPU machine
+    path = save_checkpoint(net, tmp_path / "gpu.pt")
+    result = run_cli("--checkpoint", path, "--task", "4.5", "--method", "finetune", "--budget", "1", "--eval-episodes", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "trained with precision bf16 on cuda" in lines[0], result.stderr
+    assert f"run with {resolve_precision('auto', 'cpu')} on the cpu" in lines[0]
+    result = run_cli("--checkpoint", path, "--task", "4.5", "--eval-episodes", "1", "--budget", "3")  # bracket: no SAC
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
 def _assert_one_line_error(result, *words):

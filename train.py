@@ -1,4 +1,4 @@
-"""Train the EAR multi-task policy with SAC (paper Sec. 3 and 5.1; spec sections 2-5).
+"""Train the EAR multi-task policy with SAC (paper Sec. 3 and 5.1).
 
     python train.py                                   # HalfCheetah-Vel, fast CPU preset
     python train.py --env ant-dir                     # any family of envs.FAMILIES
@@ -7,7 +7,7 @@
     python train.py --baseline                        # plain multi-task SAC (policy on obs + one-hot)
     python train.py --benchmark                       # updates/s and env steps/s, one JSON line
 
-The loop (spec 5): one simulation per training task, all stepped together with
+The loop (paper Sec. 5.1 and the authors' release): one simulation per training task, all stepped together with
 one batched policy call; warm-up epochs with the untrained stochastic policy;
 then every epoch collects `steps_per_epoch` steps in every task, runs
 `updates_per_epoch` SAC updates on task-balanced batches (sac.py), and every
@@ -30,7 +30,7 @@ Presets (Config below; every field can be overridden with --set field=value):
            2e-3, one torch thread, 1500 epochs, evaluation every 10 epochs:
            learns HalfCheetah-Vel on a 2-core laptop CPU in under an hour
            (0.14 m/s mean velocity error at 60 min; README).
-    paper  exactly spec 2-5: 400-wide networks (encoder 2, decoder 4, critics 4
+    paper  exactly the authors' numbers: 400-wide networks (encoder 2, decoder 4, critics 4
            layers), 128 transitions per task (Ant 80), replay 1e6/T (Ant 50k per
            task), 200 steps + 200 updates + 3 evaluation episodes per epoch,
            20 warm-up epochs, 4000/5000/10000 epochs by family.
@@ -68,7 +68,7 @@ class Config:
     preset: str = "fast"
     seed: int = 0
     baseline: bool = False  # plain multi-task SAC instead of EAR
-    # networks (spec 2)
+    # networks (Sec. 3.1; the release's sizes)
     encoder_hidden: list = field(default_factory=lambda: [256, 256])
     task_hidden: list = field(default_factory=lambda: [256])
     decoder_hidden: list = field(default_factory=lambda: [256, 256])
@@ -76,8 +76,8 @@ class Config:
     baseline_hidden: list = field(default_factory=lambda: [256, 256, 256])
     lse_dim: int = 16
     lte_dim: int = 3
-    lte_noise: float = 0.02  # spec 3: really applied in the actor loss; 0 = the release's effective behaviour
-    # SAC (spec 4)
+    lte_noise: float = 0.02  # Sec. 3.2: really applied in the actor loss; 0 = the release's effective behaviour
+    # SAC (Sec. 3.3)
     gamma: float = 0.99
     tau: float = 0.005
     lr: float = 2e-3  # the paper uses 3e-4: far slower here (README, "Choosing the fast preset")
@@ -90,7 +90,7 @@ class Config:
     batch_per_task: int = 32
     replay_per_task: int = 100_000
     precision: str = "auto"  # bf16 autocast where the CPU multiplies bf16 natively, else fp32 (sac.resolve_precision)
-    # loop (spec 5)
+    # loop (Sec. 5.1)
     epochs: int = 1500
     warmup_epochs: int = 5
     steps_per_epoch: int = 200
