@@ -95,7 +95,7 @@ import torch
 
 import envs
 from envs import ArgumentParser
-from policy import CheckpointError, build_networks, load, rollout, task_error
+from policy import CheckpointError, build_networks, load, rollout
 from sac import cpu_class, machine, resolve_precision, resolve_threads
 
 METHODS = ("bracket", "cem", "scratch", "finetune")
@@ -353,7 +353,7 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
     env = envs.make(net.env_name, tasks=[task] * episodes)
     inputs = np.repeat(np.asarray(net_input)[None], episodes, axis=0)
     result = rollout(net, env, inputs, deterministic=True, seed=seed)
-    error = task_error(env, result)
+    error = env.task_error(result)
     report = {"return": float(result["return"].mean()),
               "error": float(np.mean(error)) if np.isfinite(error).all() else None}
     if env.family.planar:
@@ -361,8 +361,7 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
         if isinstance(task, tuple) and task[0] != "run":
             report["height"] = float(result["height_mean"].mean())
     else:
-        vx, vy = result["velocity"].mean(axis=0)
-        report["heading"] = float(np.degrees(np.arctan2(vy, vx)))
+        report["heading"] = float(envs.heading(result["velocity"].mean(axis=0, keepdims=True))[0])
     return report
 
 

@@ -279,15 +279,6 @@ def simulate(policy, family: str, ltes, args, deterministic=True, record=False):
     return result, env
 
 
-def behaviour(env, result) -> np.ndarray:
-    """Per simulation: forward velocity (m/s), or for the Ant the heading in degrees
-    of the torso's displacement over the episode."""
-    if env.family.planar:
-        return result["velocity"]
-    v = result["velocity_all"]
-    return np.degrees(np.arctan2(v[:, 1], v[:, 0]))
-
-
 def write_csv(path: str, rows: list[dict]) -> None:
     """The rows as CSV, written atomically (train.py's writer)."""
     train.atomic_write_text(train.csv_text(rows), path)
@@ -343,7 +334,7 @@ def interpolate(args) -> dict:
     """Sweep nlerp and slerp between pairs of training LTEs; plot behaviour against alpha."""
     numbers, problems = {}, []
     for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
-        planar, unit = envs.FAMILIES[family].planar, ("m/s" if envs.FAMILIES[family].planar else "deg")
+        planar, unit = envs.FAMILIES[family].planar, envs.FAMILIES[family].error_unit
         pairs = []
         for a_text, b_text in (args.pair or DEFAULT_PAIRS[family]):
             try:
@@ -364,7 +355,7 @@ def interpolate(args) -> dict:
         values = {}
         for mode in ("deterministic", "stochastic"):
             result, env = simulate(policy, family, tiled, args, deterministic=mode == "deterministic")
-            values[mode] = behaviour(env, result).reshape(len(pairs), len(methods), len(alphas), episodes)
+            values[mode] = env.behaviour(result).reshape(len(pairs), len(methods), len(alphas), episodes)
         fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
         rows, family_numbers = [], {}
         for p, (ia, ib) in enumerate(pairs):
@@ -525,7 +516,7 @@ def sphere(args) -> dict:
     for family, policy in checkpoints(args, "sphere", list(envs.FAMILIES)):
         result, env = simulate(policy, family, directions, args)
         planar, E = env.family.planar, policy.task_embeddings
-        b = behaviour(env, result)
+        b = env.behaviour(result)
         diff = (lambda x, y: np.abs(x - y)) if planar else (lambda x, y: np.abs(_wrap(x - y)))
         spread = np.mean(diff(b, b[partner]))
         stats = {"directions": len(directions),
@@ -654,7 +645,7 @@ def _family_measure(family: str, metrics: dict) -> dict:
     per_task = lambda prefix: [v for k, v in metrics.items() if k.startswith(prefix) and np.isfinite(v)]
     errors = per_task("error[")
     measure = {"error": metrics["mean_error"], "worst_error": max(errors) if errors else float("nan"),
-               "error_unit": "m/s" if envs.FAMILIES[family].planar else "deg", "fell": metrics["fell"],
+               "error_unit": envs.FAMILIES[family].error_unit, "fell": metrics["fell"],
                "speed_along": metrics.get("mean_speed_along", float("nan"))}
     for kind in ("jump", "stand"):
         heights = per_task(f"height[{kind}:")
@@ -931,7 +922,7 @@ def render(args) -> dict:
         say(f"render: no usable OpenGL backend ({info}); skipping the filmstrip and GIF")
         return {"skipped": info}
     frames = frames.reshape(2, len(wanted), *frames.shape[1:])
-    achieved, unit = behaviour(env, result), ("m/s" if env.family.planar else "deg heading")
+    achieved, unit = env.behaviour(result), ("m/s" if env.family.planar else "deg heading")
     numbers = {"backend": info, "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
     fig, axes = plt.subplots(2, len(strip), figsize=(1.6 * len(strip) + 0.5, 3.6), squeeze=False)
     for row in range(2):

@@ -334,6 +334,11 @@ class Family:
     task_sets: dict
     planar: bool = True  # False for the Ant: velocity is the x-y vector
 
+    @property
+    def error_unit(self) -> str:
+        """Unit of the family's task error and behaviour: m/s, or degrees of heading (Ant)."""
+        return "m/s" if self.planar else "deg"
+
 
 def _hopper_healthy(qpos, qvel):
     state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
@@ -652,6 +657,28 @@ class MultiTaskEnv:
             "unstable": unstable, "episode_step": self.episode_step.copy(),
         }
         return obs, reward.astype(np.float32), terminated, truncated, info
+
+    # ---- what a rollout achieved (policy.rollout's result) -------------
+
+    def task_error(self, result: dict) -> np.ndarray:
+        """The family's error measure per simulation: |mean velocity - target| in m/s;
+        Ant: heading error of the mean x-y velocity in degrees; jump and stand tasks:
+        NaN (they have no target; see result["height_mean"])."""
+        if not self.family.planar:
+            target = np.array([float(t) for t in self.tasks])
+            return np.abs((heading(result["velocity"]) - target + 180.0) % 360.0 - 180.0)
+        error = np.abs(result["velocity"] - self.target_velocity)
+        return np.where(self.velocity_weight > 0, error, np.nan)
+
+    def behaviour(self, result: dict) -> np.ndarray:
+        """What each simulation did, in the family's unit: forward velocity (m/s), or
+        for the Ant the heading in degrees of the torso's displacement over the episode."""
+        return result["velocity"] if self.family.planar else heading(result["velocity_all"])
+
+
+def heading(velocity_xy: np.ndarray) -> np.ndarray:
+    """Direction of (N, 2) x-y velocities in degrees, in (-180, 180]."""
+    return np.degrees(np.arctan2(velocity_xy[:, 1], velocity_xy[:, 0]))
 
 
 MUJOCO_WARNINGS: list[str] = []  # the latest MuJoCo warnings, instead of stderr and MUJOCO_LOG.TXT

@@ -348,15 +348,3 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     if recorded:
         result.update(recorded)
     return result
-
-
-def task_error(env, result: dict) -> np.ndarray:
-    """Each family's own error measure per task: |mean velocity - target| in m/s,
-    Ant: heading error of the mean x-y velocity in degrees; jump/stand tasks: NaN
-    (they have no target; see result['height_mean'])."""
-    if not env.family.planar:
-        heading = np.degrees(np.arctan2(result["velocity"][:, 1], result["velocity"][:, 0]))
-        target = np.array([float(t) for t in env.tasks])
-        return np.abs((heading - target + 180.0) % 360.0 - 180.0)
-    error = np.abs(result["velocity"] - env.target_velocity)
-    return np.where(env.velocity_weight > 0, error, np.nan)

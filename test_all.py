@@ -28,7 +28,7 @@ import adapt
 import analyze
 import envs
 import policy as policy_module
-from policy import build_networks, rollout, task_error
+from policy import build_networks, rollout
 from sac import SAC, Replay, clip_grad_norms_, resolve_precision
 from train import Config
 
@@ -37,15 +37,18 @@ PYTHON = sys.executable
 FAMILY_NAMES = list(envs.FAMILIES)
 
 
-def run_script(*args, timeout=300, cwd=None):
-    return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or HERE)
+def run_script(*args, timeout=300, cwd=None, env=None):
+    """`python ARGS` in the project folder (the way a user runs the scripts)."""
+    return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or HERE, env=env)
 
 
-def assert_one_line_error(result):
+def assert_one_line_error(result, *words):
+    """Bad input: exit code 2, one line on stderr naming the problem (with `words`), no traceback."""
     assert result.returncode == 2, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
+    assert all(w in lines[0] for w in words), lines[0]
 
 
 # ==========================================================================
@@ -118,8 +121,7 @@ def test_total_mass_and_gears():
 
 def test_loading_writes_no_log_file(tmp_path):
     code = "import envs\nfor n in envs.FAMILIES: envs.make(n).reset()\n"
-    result = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": HERE})
+    result = run_script("-c", code, cwd=tmp_path, env={**os.environ, "PYTHONPATH": HERE})
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
     assert os.listdir(tmp_path) == []
@@ -578,15 +580,13 @@ def test_avx2_only_kernels_train_in_fp32_on_every_core(tmp_path):
     emulated bf16 product measured 3-30x slower than fp32), threads=0 to every
     usable core, and an explicit precision=bf16 runs with one warning."""
     env = {**os.environ, **AVX2_ONLY}
-    probe = subprocess.run([PYTHON, "-c", "import torch, sac; print(torch.backends.cpu.get_cpu_capability(), "
-                            "sac.cpu_class(), sac.resolve_precision('auto', 'cpu'))"],
-                           capture_output=True, text=True, env=env, cwd=HERE, timeout=120)
+    probe = run_script("-c", "import torch, sac; print(torch.backends.cpu.get_cpu_capability(), "
+                       "sac.cpu_class(), sac.resolve_precision('auto', 'cpu'))", env=env)
     assert probe.stdout.split() == ["AVX2", "AVX2", "fp32"], probe.stdout + probe.stderr
     for precision, warnings in (("auto", 0), ("bf16", 1)):
         out = tmp_path / precision
-        result = subprocess.run([PYTHON, "train.py", "--out", str(out), "--epochs", "1", *TINY_TRAIN,
-                                 "--set", f"precision={precision}", "--set", "replay_per_task=1000"],
-                                capture_output=True, text=True, env=env, cwd=HERE, timeout=300)
+        result = run_script("train.py", "--out", str(out), "--epochs", "1", *TINY_TRAIN,
+                            "--set", f"precision={precision}", "--set", "replay_per_task=1000", env=env)
         assert result.returncode == 0, result.stderr
         saved = torch.load(out / "halfcheetah-vel.pt", weights_only=True)["config"]
         assert saved["precision"] == ("fp32" if precision == "auto" else "bf16")
@@ -862,7 +862,7 @@ def test_rollout_metrics_are_consistent():
     assert result["obs"].shape == (200, 4, 17) and result["velocity_steps"].shape == (200, 4)
     np.testing.assert_allclose(result["velocity"], result["velocity_steps"][50:].mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(result["return"], result["reward_steps"].sum(0), rtol=1e-5)
-    np.testing.assert_allclose(task_error(env, result), np.abs(result["velocity"] - [1, 2, 3, 4]))
+    np.testing.assert_allclose(env.task_error(result), np.abs(result["velocity"] - [1, 2, 3, 4]))
     again = rollout(sac.policy, env, episodes=1, record=True, seed=0)
     np.testing.assert_array_equal(result["return"], again["return"])
 
@@ -900,7 +900,6 @@ def test_shipped_checkpoints_load_and_reproduce():
 # adapt.py
 # ==========================================================================
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = [float(v) for v in range(1, 11)]
 
 
@@ -942,11 +941,6 @@ def save_checkpoint(net, path, env_name="halfcheetah-vel"):
     torch.save({"format": policy_module.CHECKPOINT_FORMAT, "env_name": env_name, "tasks": TASKS,
                 "obs_dim": 17, "act_dim": 6, "config": net.config, "policy": net.state_dict()}, path)
     return str(path)
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(HERE, "adapt.py"), *args], capture_output=True,
-                          text=True, cwd=HERE, timeout=60)
 
 
 def test_embedding_search_leaves_the_networks_bit_identical():
@@ -1064,62 +1058,43 @@ def test_checkpoint_from_another_machine_adapts_with_one_line_saying_what_runs(t
     net = lte_sensitive_policy()
     net.config = {**net.config, "precision": "bf16", "device": "cuda"}  # trained on a GPU machine
     path = save_checkpoint(net, tmp_path / "gpu.pt")
-    result = run_cli("--checkpoint", path, "--task", "4.5", "--method", "finetune", "--budget", "1", "--eval-episodes", "1")
+    result = run_script("adapt.py", "--checkpoint", path, "--task", "4.5", "--method", "finetune", "--budget", "1", "--eval-episodes", "1")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "trained with precision bf16 on cuda" in lines[0], result.stderr
     assert f"run with {resolve_precision('auto', 'cpu')} on the cpu" in lines[0]
-    result = run_cli("--checkpoint", path, "--task", "4.5", "--eval-episodes", "1", "--budget", "3")  # bracket: no SAC
+    result = run_script("adapt.py", "--checkpoint", path, "--task", "4.5", "--eval-episodes", "1", "--budget", "3")  # bracket: no SAC
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
-
-
-def _assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 def test_bad_task_values_exit_2_with_one_line(tmp_path):
     path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
-    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "abc"), "abc")
-    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "nan"), "finite")
-    _assert_one_line_error(run_cli("--checkpoint", path, "--task", "500"), "500")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", path, "--task", "abc"), "abc")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", path, "--task", "nan"), "finite")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", path, "--task", "500"), "500")
 
 
 def test_missing_or_corrupt_checkpoint_exits_2_with_one_line(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    _assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "missing.pt"), "--task", "3"), "does not exist")
-    _assert_one_line_error(run_cli("--checkpoint", str(corrupt), "--task", "3"), "corrupt.pt")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", str(tmp_path / "missing.pt"), "--task", "3"), "does not exist")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", str(corrupt), "--task", "3"), "corrupt.pt")
 
 
 def test_unknown_or_mismatched_family_exits_2_with_one_line(tmp_path):
     path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
-    _assert_one_line_error(run_cli("--env", "ant-dir", "--checkpoint", path, "--task", "77"), "halfcheetah-vel")
-    _assert_one_line_error(run_cli("--env", "nope", "--task", "3"), "nope")
+    assert_one_line_error(run_script("adapt.py", "--env", "ant-dir", "--checkpoint", path, "--task", "77"), "halfcheetah-vel")
+    assert_one_line_error(run_script("adapt.py", "--env", "nope", "--task", "3"), "nope")
 
 
 # ==========================================================================
 # analyze.py
 # ==========================================================================
 
-ANALYZE_HERE = os.path.dirname(os.path.abspath(__file__))
 TINY_NETS = ["--set", "updates_per_epoch=10", "--set", "warmup_epochs=1", "--set", "steps_per_epoch=50",
              "--set", "encoder_hidden=[16,16]", "--set", "decoder_hidden=[16]", "--set", "critic_hidden=[16]",
              "--set", "task_hidden=[16]", "--set", "baseline_hidden=[16]", "--no-progress"]
 TINY_BUDGET = ["--episodes", "1", "--directions", "20", "--steps", "50", "--alphas", "3", "--frames", "2", "--no-progress"]
-
-
-def _python(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ANALYZE_HERE, env=env)
-
-
-def _assert_analyze_error(result):
-    assert result.returncode == 2, result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.strip().splitlines() if line.strip()]) == 1, result.stderr
 
 
 @pytest.fixture(scope="session")
@@ -1128,7 +1103,7 @@ def analyze_checkpoints(tmp_path_factory):
     four-motion Run-Jump cheetah (so compose has run, jump and stand tasks)."""
     out = tmp_path_factory.mktemp("analyze_checkpoints")
     for extra in ([], ["--baseline"], ["--env", "halfcheetah-runjump", "--tasks", "four-motion"]):
-        result = _python("train.py", "--out", str(out), "--epochs", "2", *extra, *TINY_NETS)
+        result = run_script("train.py", "--out", str(out), "--epochs", "2", *extra, *TINY_NETS)
         assert result.returncode == 0, result.stderr
     return out
 
@@ -1137,7 +1112,7 @@ def analyze_checkpoints(tmp_path_factory):
 def analyze_all(analyze_checkpoints, tmp_path_factory):
     """`analyze.py all` once, at tiny budgets; returns (results folder, stdout)."""
     out = tmp_path_factory.mktemp("analyze_results")
-    result = _python("analyze.py", "all", "--checkpoints", str(analyze_checkpoints), "--out", str(out), *TINY_BUDGET)
+    result = run_script("analyze.py", "all", "--checkpoints", str(analyze_checkpoints), "--out", str(out), *TINY_BUDGET)
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -1210,7 +1185,7 @@ def test_interpolate_numbers_follow_the_alpha_convention(analyze_all, analyze_ch
     assert rows[0].startswith("env,pair,method,actions,alpha,mean,std,linear_prediction")
     assert any(row.startswith("halfcheetah-vel,2->8,slerp,stochastic,0.5,") and row.split(",")[7] == "5.0"
                for row in rows)  # prediction (1 - alpha) v_a + alpha v_b at alpha = 0.5
-    result = _python("analyze.py", "interpolate", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
+    result = run_script("analyze.py", "interpolate", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
                      "--env", "halfcheetah-vel", "--pair", "5", "6", *TINY_BUDGET)
     assert result.returncode == 0, result.stderr
     assert "5->6" in json.loads((tmp_path / "summary.json").read_text())["interpolate"]["halfcheetah-vel"]
@@ -1243,7 +1218,7 @@ def test_curves_with_and_without_baseline(analyze_all, analyze_checkpoints, tmp_
 
 def test_render_without_opengl_says_so_and_skips(analyze_checkpoints, tmp_path):
     environment = dict(os.environ, MUJOCO_GL="disable")
-    result = _python("analyze.py", "render", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
+    result = run_script("analyze.py", "render", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
                      *TINY_BUDGET, env=environment)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "no usable OpenGL backend" in result.stdout
@@ -1254,7 +1229,7 @@ def test_compose_without_runjump_checkpoint_is_a_note(analyze_checkpoints, tmp_p
     folder = tmp_path / "only-vel"
     folder.mkdir()
     (folder / "halfcheetah-vel.pt").write_bytes((analyze_checkpoints / "halfcheetah-vel.pt").read_bytes())
-    result = _python("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
     assert result.returncode == 0 and "compose: no" in result.stdout and "skipping" in result.stdout
 
 
@@ -1282,10 +1257,10 @@ def test_evaluate_table_is_a_fresh_deterministic_evaluation(analyze_all, analyze
 def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
     runs = tmp_path / "runs"
     for name, extra in (("a-s0", ["--seed", "0"]), ("a-s1", ["--seed", "1"]), ("dim8-s0", ["--set", "lte_dim=8"])):
-        result = _python("train.py", "--out", str(runs / name), "--epochs", "2", *extra, *TINY_NETS)
+        result = run_script("train.py", "--out", str(runs / name), "--epochs", "2", *extra, *TINY_NETS)
         assert result.returncode == 0, result.stderr
     (runs / "not-a-run").mkdir()
-    result = _python("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *TINY_BUDGET)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
     assert [row["run"] for row in rows] == ["a-s0", "a-s1", "dim8-s0"]
@@ -1297,8 +1272,8 @@ def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
     errors = [float(row["error"]) for row in rows[:2]]
     assert abs(three["error"]["mean"] - np.mean(errors)) < 1e-3
     assert (tmp_path / "out" / "ablation.png").exists()
-    _assert_analyze_error(_python("analyze.py", "ablation", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
-    _assert_analyze_error(_python("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
+    assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
+    assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
 
 
 def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
@@ -1308,7 +1283,7 @@ def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
     for name in ("halfcheetah-runjump.pt", "halfcheetah-runjump-four-motion.pt"):
         (folder / name).write_bytes(four_motion)
     (folder / "halfcheetah-runjump-four-motion.latest.pt").write_bytes(b"resume state, not a policy")
-    result = _python("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
     assert result.returncode == 0, result.stderr
     compose = json.loads((tmp_path / "out" / "summary.json").read_text())["compose"]
     assert "run:3 + stand:5" in compose and "run:3 + stand:5" in compose["four-motion"]
@@ -1332,7 +1307,7 @@ def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
             "unwritable": ["curves", "--checkpoints", ck, "--out", str(tmp_path / "a-file" / "out")],
             "not-a-task": ["interpolate", "--checkpoints", ck, "--out", out, "--env", "halfcheetah-vel", "--pair", "3", "77"],
             "broken-file": ["sphere", "--checkpoints", str(broken), "--out", out, "--env", "halfcheetah-vel"]}[case]
-    _assert_analyze_error(_python("analyze.py", *args))
+    assert_one_line_error(run_script("analyze.py", *args))
 
 
 # ==========================================================================
@@ -1351,7 +1326,7 @@ def test_readme_api_example_runs():
     _shipped()
     text = open(os.path.join(HERE, "README.md")).read()
     example = text.split("## Using a trained policy from your own code", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    result = subprocess.run([PYTHON, "-c", example], cwd=HERE, capture_output=True, text=True, timeout=120)
+    result = run_script("-c", example, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "velocity" in result.stdout
 

@@ -57,7 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # benchmark only: se
 
 import envs
 from envs import ArgumentParser, fail
-from policy import CheckpointError, build_networks, read_checkpoint, rollout, task_error
+from policy import CheckpointError, build_networks, read_checkpoint, rollout
 from sac import SAC, Replay, machine, resolve_precision, resolve_threads
 
 
@@ -173,7 +173,7 @@ def evaluate(policy, env, episodes: int, seed: int) -> dict:
     policy.eval()
     result = rollout(policy, env, episodes=episodes, deterministic=True, seed=seed)
     policy.train()
-    error = task_error(env, result)
+    error = env.task_error(result)
     metrics = {"mean_return": float(np.mean(result["return"])),
                "mean_error": float(np.nanmean(error)) if np.isfinite(error).any() else float("nan"),
                "fell": float(np.mean(result["fell"]))}
@@ -282,7 +282,7 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------
 
-    def collect(self, steps: int, random_policy: bool = False) -> None:
+    def collect(self, steps: int) -> None:
         """Step every task `steps` times with the stochastic policy; store transitions."""
         policy = self.sac.policy
         task_ids = torch.arange(self.env.num_tasks, device=self.cfg.device)
