@@ -289,8 +289,8 @@ class SAC:
             alpha_loss = -(self.log_alpha.detach() * entropy_gap).mean()
             self.log_alpha.grad = -entropy_gap  # dJ/dlog(alpha), written out: no second backward pass
             self.alpha_optimizer.step()
-        alpha = self.log_alpha.detach().exp()
-        alpha = alpha[task] if alpha.dim() else alpha  # each transition's own task's temperature
+        temperatures = self.log_alpha.detach().exp()
+        alpha = temperatures[task] if temperatures.dim() else temperatures  # each transition's own task's
 
         # 2.-3. target and critic loss; 4. actor loss
         critic_loss, q = self.critic_loss(batch, alpha)
@@ -311,7 +311,7 @@ class SAC:
         with torch.no_grad():
             torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
         return {"critic_loss": critic_loss.detach() / 2, **self.last_actor_stats,
-                "alpha": self.log_alpha.detach().exp().mean(), "q": q.detach().mean()}
+                "alpha": temperatures.mean(), "q": q.detach().mean()}
 
     def entropy_gap(self, log_prob, task) -> torch.Tensor:
         """E[log pi + H_target]: over the batch for one shared temperature, else

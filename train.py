@@ -451,7 +451,7 @@ def benchmark(seconds: float = 10.0) -> dict:
         collect_rate = 400 * trainer.env.num_tasks / (time.perf_counter() - collect_start)
         sample = lambda: trainer.replay.sample(cfg.batch_per_task, trainer.generator)
         ours = _updates_per_second(trainer.sac.update, sample, seconds)
-        roof = _matmul_seconds(trainer.sac.update, sample())
+        roof = _matmul_roof_seconds(trainer.sac.update, sample())
         policy, _ = build_networks(trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, trainer.cfg_dict)
         plain = PlainSAC(policy, trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, cfg.critic_hidden)
         plain_rate = _updates_per_second(plain.update, sample, seconds)
@@ -503,7 +503,7 @@ class _RecordMatmuls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _matmul_seconds(update, batch: dict, repeats: int = 20) -> float:
+def _matmul_roof_seconds(update, batch: dict, repeats: int = 20) -> float:
     """Seconds of one update's matrix products alone: recorded during one update,
     then replayed on fresh contiguous tensors of the same shapes and dtypes
     (the best of `repeats` replays)."""
