@@ -739,12 +739,12 @@ def benchmark(seconds: float = 3.0, nthread: int = 1) -> dict:
             "ratio_per_core": round(env_rate / nthread / bare_rate, 3)}
 
 
-if __name__ == "__main__":
-    parser = ArgumentParser(description="EAR environments: list the families, or run the speed benchmark.")
+def main(argv=None) -> None:
+    parser = ArgumentParser(prog="envs.py", description="EAR environments: list the families, or run the speed benchmark.")
     parser.add_argument("--benchmark", action="store_true", help="print env steps/s as one JSON line")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--nthread", type=int, default=1, help="threads of the batched env")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.seconds > 0 or args.nthread < 1:
         parser.error("--seconds must be positive and --nthread at least 1")
     if args.benchmark:
@@ -754,3 +754,7 @@ if __name__ == "__main__":
             env = make(name)
             print(f"{name:20s} obs {env.obs_dim:3d}  act {env.act_dim}  dt {env.dt:.3f}  "
                   f"tasks {[task_label(t) for t in env.tasks]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -620,7 +620,7 @@ def main(argv=None) -> None:
     if not envs.writable_folder(args.out):
         parser.error(f"cannot write to --out {args.out}; pass a writable folder")
 
-    command = "python " + " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    command = " ".join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
     trainer = Trainer(cfg, args.out, name, progress=not args.no_progress)
     cfg = trainer.cfg
     trainer.commands.append(command)
