@@ -113,8 +113,6 @@ from envs import ArgumentParser  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROG = "analyze.py"
-TITLES = {"halfcheetah-vel": "HalfCheetah-Vel", "halfcheetah-runjump": "HalfCheetah-Run-Jump",
-          "hopper-vel": "Hopper-Vel", "walker-vel": "Walker-Vel", "ant-dir": "Ant-Dir"}
 # (alpha = 0 task, alpha = 1 task): a neighbouring and a distant pair per family.
 DEFAULT_PAIRS = {"halfcheetah-vel": [("3", "4"), ("2", "8")], "hopper-vel": [("0.8", "1"), ("0.4", "1.6")],
                  "walker-vel": [("0.8", "1"), ("0.4", "1.6")], "ant-dir": [("90", "105"), ("0", "90")],
@@ -393,7 +391,7 @@ def interpolate(args) -> dict:
                               "linear_prediction": round(float(pr), 4), "episodes": episodes}
                              for a, mu, sd, pr in zip(alphas, mean, std, predicted)]
             ax.plot([0, 1], [va, va + span], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
-            ax.set(title=f"{TITLES[family]}: {envs.task_label(ta)} (α=0) → {envs.task_label(tb)} (α=1)",
+            ax.set(title=f"{envs.FAMILIES[family].title}: {envs.task_label(ta)} (α=0) → {envs.task_label(tb)} (α=1)",
                    xlabel="interpolation weight α", ylabel=("achieved forward velocity (m/s), steps 50-200"
                                                            if planar else "achieved heading (degrees)"))
             ax.grid(alpha=0.3)
@@ -490,7 +488,7 @@ def _compose_one(args, path: str, family: str, suffix: str) -> dict:
             say(f"compose{' ' + suffix if suffix else ''} {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean height {stats['height_mean']:.2f} m, "
                 f"peak {stats['height_peak_mean']:.2f} m, airborne {100 * stats['airborne_fraction']:.0f}% | {parts}")
     ax_h.axhline(args.airborne_height, color="gray", ls="--", lw=0.8, label=f"airborne threshold {args.airborne_height:g} m")
-    ax_v.set(ylabel="forward velocity (m/s)", title=f"{TITLES[family]}{' ' + suffix if suffix else ''}: composing LTEs (nlerp weight {args.mix:g}), "
+    ax_v.set(ylabel="forward velocity (m/s)", title=f"{envs.FAMILIES[family].title}{' ' + suffix if suffix else ''}: composing LTEs (nlerp weight {args.mix:g}), "
              f"episode 1 of {episodes};\nnumbers: means over all episodes, steps {settled}-{len(heights)}")
     ax_h.set(xlabel="time (s)", ylabel="root height z (m, 0 = start pose)")
     for ax in (ax_v, ax_h):
@@ -562,7 +560,7 @@ def sphere(args) -> dict:
             ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude of the LTE (degrees)",
                    ylabel="latitude of the LTE (degrees)", title="the same, as a longitude-latitude map")
             fig.colorbar(dots, ax=ax, label=name)
-        fig.suptitle(f"{TITLES[family]}: behaviour over the LTE sphere ({len(directions)} Fibonacci-lattice "
+        fig.suptitle(f"{envs.FAMILIES[family].title}: behaviour over the LTE sphere ({len(directions)} Fibonacci-lattice "
                      f"directions, one deterministic rollout each; stars: trained LTEs)", y=1.0)
         _save(fig, os.path.join(args.out, f"sphere_{family}.png"))
         columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2],
@@ -614,7 +612,7 @@ def equivariance(args) -> dict:
         bx.set(xlabel="training task", ylabel="Procrustes residual (0 = one rotation per step)", ylim=(0, 1.05),
                title="residual of the best rotation LSE_t -> LSE_t+1")
         bx.legend(fontsize=7)
-        fig.suptitle(f"{TITLES[family]}: latent sensory embeddings (LSE) over the gait, deterministic actions", y=1.02)
+        fig.suptitle(f"{envs.FAMILIES[family].title}: latent sensory embeddings (LSE) over the gait, deterministic actions", y=1.02)
         _save(fig, os.path.join(args.out, f"equivariance_{family}.png"))
         write_csv(os.path.join(args.out, f"equivariance_{family}.csv"),
                   [{"task": envs.task_label(t), **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in s.items()}}
@@ -818,7 +816,7 @@ def curves(args) -> dict:
             logs["multi-task SAC baseline"] = read_log(baseline)
         else:
             say(f"curves {family}: no baseline log {baseline}; plotting EAR alone")
-        unit = "m/s" if envs.FAMILIES[family].planar else "degrees"
+        unit = envs.FAMILIES[family].error_unit
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         family_numbers = {}
         for name, log in logs.items():
@@ -841,7 +839,7 @@ def curves(args) -> dict:
         for ax in axes.flat:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{TITLES[family]}: training curves (deterministic evaluation on the training tasks)")
+        fig.suptitle(f"{envs.FAMILIES[family].title}: training curves (deterministic evaluation on the training tasks)")
         _save(fig, os.path.join(args.out, f"curves_{family}.png"))
         write_csv(os.path.join(args.out, f"curves_{family}.csv"),
                   [{"run": name, **{k: round(float(v[i]), 4) for k, v in log.items()}}
@@ -922,7 +920,7 @@ def render(args) -> dict:
         say(f"render: no usable OpenGL backend ({info}); skipping the filmstrip and GIF")
         return {"skipped": info}
     frames = frames.reshape(2, len(wanted), *frames.shape[1:])
-    achieved, unit = env.behaviour(result), ("m/s" if env.family.planar else "deg heading")
+    achieved, unit = env.behaviour(result), env.family.error_unit
     numbers = {"backend": info, "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
     fig, axes = plt.subplots(2, len(strip), figsize=(1.6 * len(strip) + 0.5, 3.6), squeeze=False)
     for row in range(2):
@@ -932,7 +930,7 @@ def render(args) -> dict:
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"t = {step * env.dt:.2f} s", fontsize=7)
         axes[row, 0].set_ylabel(f"{names[row]}\n{achieved[row]:.2f} {unit}", fontsize=7)
-    fig.suptitle(f"{TITLES[family]}: training LTE (top) and interpolated LTE (bottom), every {2 * env.dt:.2f} s")
+    fig.suptitle(f"{envs.FAMILIES[family].title}: training LTE (top) and interpolated LTE (bottom), every {2 * env.dt:.2f} s")
     _save(fig, os.path.join(args.out, f"render_{family}.png"))
     say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {unit}, {names[1]} {achieved[1]:.2f} {unit}; "
         f"filmstrip via MUJOCO_GL={info}")

@@ -332,6 +332,11 @@ class Family:
     alive_bonus: float
     healthy: Callable[[np.ndarray, np.ndarray], np.ndarray] | None  # (qpos, qvel) -> bool per task
     task_sets: dict
+    title: str  # the paper's name for the family, for figures
+    paper_epochs: int  # the authors' training length (Sec. 5.1)
+    # The largest target speed the body can mean (the cheetah's record on flat ground
+    # is far below 20 m/s, hopper and walker below 5); None for headings.
+    velocity_limit: float | None = None
     planar: bool = True  # False for the Ant: velocity is the x-y vector
 
     @property
@@ -366,28 +371,26 @@ def _grid(start, stop, step):
 FAMILIES = {
     "halfcheetah-vel": Family(
         "halfcheetah-vel", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
-        {"default": [float(v) for v in range(1, 11)]}),
+        {"default": [float(v) for v in range(1, 11)]}, "HalfCheetah-Vel", 4000, 20.0),
     "halfcheetah-runjump": Family(
         "halfcheetah-runjump", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
         {"default": [("run", float(v)) for v in range(1, 8)] + [("jump", w) for w in (1.0, 5.0, 10.0)],
          "four-motion": [("run", 0.5), ("run", 1.0), ("run", 3.0), ("run", 5.0), ("run", 7.0),
-                         ("jump", 1.0), ("jump", 5.0), ("jump", 10.0), ("stand", 1.0), ("stand", 5.0)]}),
+                         ("jump", 1.0), ("jump", 5.0), ("jump", 10.0), ("stand", 1.0), ("stand", 5.0)]},
+        "HalfCheetah-Run-Jump", 4000, 20.0),
     "hopper-vel": Family(
         "hopper-vel", HOPPER_XML, 4, 1, 10.0, "small", 1e-3, 1.05, _hopper_healthy,
-        {"default": _grid(0.2, 2.0, 0.2)}),
+        {"default": _grid(0.2, 2.0, 0.2)}, "Hopper-Vel", 5000, 5.0),
     "walker-vel": Family(
         "walker-vel", WALKER_XML, 4, 1, 10.0, "small", 1e-3, 1.0, _walker_healthy,
-        {"default": _grid(0.2, 2.0, 0.2)}),
+        {"default": _grid(0.2, 2.0, 0.2)}, "Walker-Vel", 5000, 5.0),
     "ant-dir": Family(
         "ant-dir", ANT_XML, 5, 2, None, "cheetah", 0.5, 1.0, _ant_healthy,
-        {"default": [float(d) for d in range(0, 360, 15)]}, planar=False),
+        {"default": [float(d) for d in range(0, 360, 15)]}, "Ant-Dir", 10000, planar=False),
 }
 TASK_SETS = {name: fam.task_sets for name, fam in FAMILIES.items()}
 TASK_KINDS = ("run", "jump", "stand")
 
-# What a task parameter may be: beyond these the family cannot mean it (the
-# cheetah's record on flat ground is far below 20 m/s, hopper and walker below 5).
-VELOCITY_LIMITS = {"halfcheetah-vel": 20.0, "halfcheetah-runjump": 20.0, "hopper-vel": 5.0, "walker-vel": 5.0}
 WEIGHT_LIMIT = 100.0
 
 
@@ -441,14 +444,14 @@ def normalize_task(family: str, task):
             raise ValueError(f"halfcheetah-runjump tasks are (kind, value) pairs with kind in {TASK_KINDS}, got {task!r}")
         kind = task[0]
         value = _finite(task[1], f"{kind} value")
-        if kind == "run" and abs(value) > VELOCITY_LIMITS[family]:
-            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {VELOCITY_LIMITS[family]})")
+        if kind == "run" and abs(value) > FAMILIES[family].velocity_limit:
+            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {FAMILIES[family].velocity_limit})")
         if kind != "run" and not 0.0 <= value <= WEIGHT_LIMIT:
             raise ValueError(f"{kind} weight {value} must lie in [0, {WEIGHT_LIMIT}]")
         return (kind, value)
     value = _finite(task, "task")
-    if fam.planar and abs(value) > VELOCITY_LIMITS[family]:
-        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {VELOCITY_LIMITS[family]})")
+    if fam.planar and abs(value) > FAMILIES[family].velocity_limit:
+        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {FAMILIES[family].velocity_limit})")
     if not fam.planar and not -360.0 <= value <= 360.0:
         raise ValueError(f"direction {value} degrees must lie in [-360, 360]")
     return value

@@ -102,10 +102,6 @@ class Config:
     device: str = "cpu"
 
 
-PAPER_EPOCHS = {"halfcheetah-vel": 4000, "halfcheetah-runjump": 4000, "hopper-vel": 5000,
-                "walker-vel": 5000, "ant-dir": 10000}
-
-
 def preset(name: str, env: str) -> Config:
     """The named preset for a family."""
     if name == "fast":
@@ -117,7 +113,7 @@ def preset(name: str, env: str) -> Config:
                       decoder_hidden=[400] * 4, critic_hidden=[400] * 4, baseline_hidden=[400] * 4,
                       batch_per_task=80 if ant else 128,
                       replay_per_task=50_000 if ant else int(1e6) // num_tasks,
-                      epochs=PAPER_EPOCHS[env], warmup_epochs=20,
+                      epochs=envs.FAMILIES[env].paper_epochs, warmup_epochs=20,
                       eval_every=1, eval_episodes=3, checkpoint_every=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: fast, paper")
 
