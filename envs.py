@@ -444,14 +444,14 @@ def normalize_task(family: str, task):
             raise ValueError(f"halfcheetah-runjump tasks are (kind, value) pairs with kind in {TASK_KINDS}, got {task!r}")
         kind = task[0]
         value = _finite(task[1], f"{kind} value")
-        if kind == "run" and abs(value) > FAMILIES[family].velocity_limit:
-            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {FAMILIES[family].velocity_limit})")
+        if kind == "run" and abs(value) > fam.velocity_limit:
+            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {fam.velocity_limit})")
         if kind != "run" and not 0.0 <= value <= WEIGHT_LIMIT:
             raise ValueError(f"{kind} weight {value} must lie in [0, {WEIGHT_LIMIT}]")
         return (kind, value)
     value = _finite(task, "task")
-    if fam.planar and abs(value) > FAMILIES[family].velocity_limit:
-        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {FAMILIES[family].velocity_limit})")
+    if fam.planar and abs(value) > fam.velocity_limit:
+        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {fam.velocity_limit})")
     if not fam.planar and not -360.0 <= value <= 360.0:
         raise ValueError(f"direction {value} degrees must lie in [-360, 360]")
     return value

@@ -30,6 +30,7 @@ import adapt
 import analyze
 import envs
 import policy as policy_module
+import train
 from policy import build_networks, rollout
 from sac import SAC, Replay, clip_grad_norms_, resolve_precision
 from train import Config
@@ -45,7 +46,7 @@ def run_process(*args, timeout=300, cwd=None, env=None):
     return subprocess.run([PYTHON, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or HERE, env=env)
 
 
-SCRIPTS = {"envs.py": envs, "train.py": None, "adapt.py": adapt, "analyze.py": analyze}
+SCRIPTS = {"envs.py": envs, "train.py": train, "adapt.py": adapt, "analyze.py": analyze}
 
 
 def run_script(script, *args):
@@ -56,8 +57,7 @@ def run_script(script, *args):
     is restored, since the scripts set it for themselves."""
     import contextlib
     import io
-    import train
-    module = SCRIPTS[script] or train
+    module = SCRIPTS[script]
     out, err, code, threads = io.StringIO(), io.StringIO(), 0, torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
