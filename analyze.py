@@ -98,6 +98,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import matplotlib
 
@@ -786,6 +787,154 @@ def ablation(args) -> dict:
 
 
 # --------------------------------------------------------------------------
+# seeds: a sweep's runs grouped by configuration, with intervals over seeds
+# --------------------------------------------------------------------------
+
+RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seeds and machines, not configurations
+SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
+                "final_return": "final mean return", "best_return": "best mean return"}
+
+
+def seed_statistics(values, reps: int = 2000, seed: int = 0) -> dict:
+    """Mean and interquartile mean (IQM) of one number per run, each with its 95%
+    percentile-bootstrap interval over the runs (rliable's stratified bootstrap, Agarwal
+    et al. 2021, with the runs as the one stratum), and the per-run values. NaNs (a
+    run that measured nothing) are left out and counted."""
+    from rliable import library as rly
+    from rliable import metrics as rly_metrics
+    values = np.asarray(values, dtype=float)
+    kept = values[np.isfinite(values)]
+    stats = {"values": values.tolist(), "n": int(len(kept)), "missing": int(len(values) - len(kept))}
+    if len(kept) == 0:
+        return {**stats, **{k: float("nan") for k in ("mean", "mean_low", "mean_high", "iqm", "iqm_low", "iqm_high",
+                                                      "min", "max")}}
+    aggregate = lambda scores: np.array([rly_metrics.aggregate_mean(scores), rly_metrics.aggregate_iqm(scores)])
+    with warnings.catch_warnings():  # arch (rliable's bootstrap) warns that RandomState is old; it is what rliable passes
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates({"runs": kept[:, None]}, aggregate, reps=reps,
+                                                     random_state=np.random.RandomState(seed))
+    (mean, iqm), ((mean_low, iqm_low), (mean_high, iqm_high)) = point["runs"], interval["runs"]
+    return {**stats, "mean": float(mean), "mean_low": float(mean_low), "mean_high": float(mean_high),
+            "iqm": float(iqm), "iqm_low": float(iqm_low), "iqm_high": float(iqm_high),
+            "min": float(kept.min()), "max": float(kept.max())}
+
+
+def find_runs(root: str) -> list[dict]:
+    """Every training run below `root`: a folder holding NAME.json and NAME.csv from
+    train.py (Ray Tune's own folder, tune/, is skipped)."""
+    runs = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not (folder == root and d == "tune"))
+        for file in sorted(files):
+            name, ext = os.path.splitext(file)
+            if ext != ".json" or f"{name}.csv" not in files:
+                continue
+            try:
+                with open(os.path.join(folder, file)) as handle:
+                    summary = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if isinstance(summary, dict) and "config" in summary and "epochs" in summary:
+                runs.append({"run": os.path.relpath(os.path.join(folder, name), root), "summary": summary,
+                             "config": summary["config"], "log": read_log(os.path.join(folder, f"{name}.csv"))})
+    return runs
+
+
+def time_to(log: dict, level: float) -> float:
+    """Wall-clock seconds at the first evaluation with mean error <= level (inf: never)."""
+    reached = np.flatnonzero(log["mean_error"] <= level)
+    return float(log["wall_clock_s"][reached[0]]) if len(reached) else math.inf
+
+
+def seeds(args) -> dict:
+    """A sweep's runs (train.py --sweep, or any folder of train.py runs) grouped by
+    configuration: final and best error and return over seeds, with 95% bootstrap intervals."""
+    runs = find_runs(args.runs)
+    if not runs:
+        _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {args.runs}")
+    key_of = lambda cfg: json.dumps({k: v for k, v in cfg.items() if k not in RUN_SETTINGS}, sort_keys=True)
+    groups: dict[str, list] = {}
+    for run in runs:
+        groups.setdefault(key_of(run["config"]), []).append(run)
+    configs = [json.loads(key) for key in groups]
+    varying = [k for k in configs[0] if any(c.get(k) != configs[0][k] for c in configs)]
+    numbers, rows, table = {}, [], []
+    levels = sorted(args.reach or [], reverse=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for g, (key, members) in enumerate(groups.items()):
+        cfg = json.loads(key)
+        label = ", ".join(f"{k}={json.dumps(cfg[k], separators=(',', ':')).strip(chr(34))}" for k in varying) \
+            or cfg["env"] + ("-baseline" if cfg["baseline"] else "")
+        unit = envs.FAMILIES[cfg["env"]].error_unit
+        members.sort(key=lambda r: r["config"]["seed"])
+        per_run = []
+        for run in members:
+            log = run["log"]
+            errors = log["mean_error"][np.isfinite(log["mean_error"])]
+            values = {"final_error": float(log["mean_error"][-1]) if len(log["mean_error"]) else math.nan,
+                      "best_error": float(errors.min()) if len(errors) else math.nan,
+                      "final_return": float(log["mean_return"][-1]) if len(log["mean_return"]) else math.nan,
+                      "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan}
+            values.update({f"time_to_{level:g}": time_to(log, level) for level in levels})
+            per_run.append(values)
+            rows.append({"configuration": label, "run": run["run"], "seed": run["config"]["seed"],
+                         "epochs": run["summary"]["epochs"], "updates": run["summary"]["updates"],
+                         "wall_clock_s": run["summary"]["wall_clock_s"],
+                         **{k: round(v, 4) if math.isfinite(v) else v for k, v in values.items()}})
+        group = {"configuration": label, "config": cfg, "seeds": [r["config"]["seed"] for r in members],
+                 "runs": [r["run"] for r in members], "unit": unit}
+        for metric in SEED_METRICS:
+            group[metric] = seed_statistics([v[metric] for v in per_run], args.reps, args.seed)
+        for level in levels:
+            times = np.array([v[f"time_to_{level:g}"] for v in per_run])
+            group[f"time_to_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
+                                           "median": float(np.median(times)), "min": float(times.min()),
+                                           "max": float(times.max())}
+        numbers[label] = group
+        e = group["final_error"]
+        say(f"seeds {label} ({len(members)} runs, seeds {group['seeds']}): final error {e['mean']:.3f} {unit} "
+            f"[{e['mean_low']:.3f}, {e['mean_high']:.3f}] (IQM {e['iqm']:.3f}), best {group['best_error']['mean']:.3f}, "
+            f"final return {group['final_return']['mean']:.1f}; per seed "
+            + ", ".join(f"{v:.3f}" for v in e["values"]))
+        cells = [label, str(len(members))]
+        for metric in SEED_METRICS:
+            m = group[metric]
+            digits = 3 if "error" in metric else 1
+            cells.append(f"{m['mean']:.{digits}f} [{m['mean_low']:.{digits}f}, {m['mean_high']:.{digits}f}]")
+        cells.append(", ".join(f"{v:.3f}" for v in e["values"]))
+        for level in levels:
+            t = group[f"time_to_{level:g}"]
+            cells.append(f"{t['median'] / 60:.1f} ({t['min'] / 60:.1f}-{t['max'] / 60:.1f})" if t["reached"] == len(members)
+                         else ", ".join(f"{v / 60:.1f}" if math.isfinite(v) else "never" for v in t["values"])
+                         + f" ({t['reached']}/{len(members)})")
+        table.append(cells)
+        # One thin line per seed, the mean over seeds (at each evaluation) thick.
+        length = min(len(r["log"]["mean_error"]) for r in members)
+        for ax, x in zip(axes, ("env_steps", "wall_clock_s")):
+            scale = 1e6 if x == "env_steps" else 60.0
+            for r in members:
+                ax.plot(r["log"][x] / scale, r["log"]["mean_error"], color=f"C{g}", alpha=0.35, lw=0.8)
+            mean_x = np.mean([r["log"][x][:length] for r in members], axis=0) / scale
+            mean_y = np.mean([r["log"]["mean_error"][:length] for r in members], axis=0)
+            ax.plot(mean_x, mean_y, color=f"C{g}", lw=2.0, label=f"{label} (mean of {len(members)})")
+    units = sorted({group["unit"] for group in numbers.values()})
+    for ax, xlabel in zip(axes, ("environment steps (millions, all tasks)", "wall-clock (minutes)")):
+        ax.set(xlabel=xlabel, ylabel=f"mean error over the training tasks ({' or '.join(units)})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{os.path.basename(os.path.abspath(args.runs))}: thin lines = seeds, thick = mean over seeds")
+    _save(fig, os.path.join(args.out, "seeds.png"))
+    write_csv(os.path.join(args.out, "seeds.csv"), rows)
+    header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
+              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
+    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(cells) + " |" for cells in table])
+    train.atomic_write_text(f"Runs in {args.runs}; intervals: 95% percentile bootstrap over seeds "
+                            f"({args.reps} resamples, rliable).\n\n{markdown}\n", os.path.join(args.out, "seeds.md"))
+    return numbers
+
+
+# --------------------------------------------------------------------------
 # curves
 # --------------------------------------------------------------------------
 
@@ -965,7 +1114,7 @@ def render(args) -> dict:
 # Command line
 # --------------------------------------------------------------------------
 
-COMMANDS = {"evaluate": evaluate, "ablation": ablation, "interpolate": interpolate, "compose": compose,
+COMMANDS = {"evaluate": evaluate, "ablation": ablation, "seeds": seeds, "interpolate": interpolate, "compose": compose,
             "sphere": sphere, "equivariance": equivariance, "curves": curves, "render": render}
 
 
@@ -984,8 +1133,8 @@ def _at_least(kind, low=1):
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,all}")
-    for name in (*SUBCOMMANDS, "ablation", "all"):
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,seeds,all}")
+    for name in (*SUBCOMMANDS, "ablation", "seeds", "all"):
         doc = (COMMANDS[name].__doc__ or "").strip() if name in COMMANDS else "every subcommand, in order"
         p = sub.add_parser(name, help=doc, description=doc)
         p.add_argument("--checkpoints", "--checkpoint-dir", dest="checkpoints", default=os.path.join(HERE, "checkpoints"),
@@ -1012,6 +1161,13 @@ def build_parser() -> ArgumentParser:
         if name == "ablation":
             p.add_argument("--runs", default=os.path.join(HERE, "runs", "ablation"),
                            help="folder of run folders, each with a halfcheetah-vel.pt (ablation)")
+        if name == "seeds":
+            p.add_argument("--runs", default=os.path.join("runs", "sweep"),
+                           help="a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME)")
+            p.add_argument("--reach", type=float, nargs="+", default=None, metavar="ERROR",
+                           help="also report the wall-clock to the first evaluation at or below each error level")
+            p.add_argument("--reps", type=_at_least(int, 100), default=2000, help="bootstrap resamples")
+            p.set_defaults(out=None)  # the sweep's own folder
     return parser
 
 
@@ -1020,7 +1176,12 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, ablation or all")
+        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, ablation, seeds or all")
+    if args.command == "seeds":
+        if not os.path.isdir(args.runs):
+            parser.error(f"seeds: --runs {args.runs} is not a folder; run a sweep first "
+                         f"(`python train.py --sweep seed=0,1,2`) or pass --runs OUT/NAME")
+        args.out = args.out or args.runs
     if not 0.0 <= args.mix <= 1.0 or not math.isfinite(args.airborne_height):
         parser.error("--mix must lie in [0, 1] and --airborne-height be a finite number")
     if args.steps > envs.MAX_STEPS:
@@ -1030,7 +1191,7 @@ def main(argv=None) -> None:
             envs.check_family(family)
         except ValueError as error:
             parser.error(str(error))
-    if not os.path.isdir(args.checkpoints):
+    if args.command != "seeds" and not os.path.isdir(args.checkpoints):
         parser.error(f"--checkpoints {args.checkpoints} is not a folder; train first (`python train.py`) or pass --checkpoints DIR")
     if not envs.writable_folder(args.out):
         parser.error(f"cannot write to --out {args.out}; pass a writable folder")

@@ -9,6 +9,7 @@ few checks only a fresh process can make use `run_process`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -874,6 +875,16 @@ def test_short_training_of_each_family(family, tmp_path):
     assert summary["updates"] == 300 and summary["epochs"] == 3 and not summary["interrupted"]
 
 
+def test_wall_clock_budget_ends_training_at_the_first_epoch_past_it(tmp_path):
+    result = run_script("train.py", "--out", str(tmp_path), "--epochs", "1000", *TINY_TRAIN, "--set", "minutes=0.0001")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "halfcheetah-vel.json").read_text())
+    assert summary["epochs"] == 1 and summary["finished"] and not summary["interrupted"]
+    assert [int(row["epoch"]) for row in csv.DictReader(open(tmp_path / "halfcheetah-vel.csv"))] == [1]
+    assert train.finished_summary(str(tmp_path), "halfcheetah-vel", 1000) is not None  # a sweep counts it done
+    assert_one_line_error(run_script("train.py", "--set", "minutes=-1"), "minutes")
+
+
 def test_baseline_trains_and_loads(tmp_path):
     result = run_script("train.py", "--baseline", "--out", str(tmp_path), "--epochs", "1", *TINY_TRAIN)
     assert result.returncode == 0, result.stderr
@@ -882,6 +893,122 @@ def test_baseline_trains_and_loads(tmp_path):
     env = envs.make("halfcheetah-vel", seed=0)
     result = rollout(loaded, env, episodes=1)
     assert result["return"].shape == (10,)
+
+
+# ---- sweeps on Ray Tune, aggregated over seeds by analyze.py seeds ---------
+
+SWEEP_TRAIN = ["--env", "hopper-vel", "--epochs", "40", "--set", "steps_per_epoch=50", "--set", "updates_per_epoch=20",
+               "--set", "warmup_epochs=1", "--set", "eval_every=2", "--set", "eval_episodes=1",
+               "--set", "checkpoint_every=2", "--set", "replay_per_task=1000", "--set", "encoder_hidden=[16]",
+               "--set", "decoder_hidden=[16]", "--set", "critic_hidden=[16]", "--set", "task_hidden=[16]"]
+SWEEP_GRID = ["--sweep", "seed=0,1", "lte_noise=0,0.02"]
+SWEEP_VICTIM = "seed=0,lte_noise=0"  # the trial whose worker the test kills mid-run
+
+
+@pytest.fixture(scope="module")
+def sweep_runs(tmp_path_factory):
+    """A real local Ray Tune sweep of 2 seeds x 2 LTE-noise settings (40 tiny epochs
+    each); one trial's worker process is killed (SIGKILL, by the pid it wrote) as soon
+    as it has written its first checkpoint, so Tune has to restart it."""
+    pytest.importorskip("ray.tune", reason="the sweep needs requirements-sweep.txt")
+    out = tmp_path_factory.mktemp("sweeps")
+    command = [PYTHON, "train.py", *SWEEP_TRAIN, "--out", str(out), "--name", "grid", *SWEEP_GRID]
+    victim = out / "grid" / SWEEP_VICTIM
+    with subprocess.Popen(command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        deadline = time.monotonic() + 240
+        while not ((victim / "hopper-vel.latest.pt").exists() and (victim / "worker.pid").exists()):
+            assert process.poll() is None and time.monotonic() < deadline, "the sweep never reached its first checkpoint"
+            time.sleep(0.05)
+        assert not (victim / "hopper-vel.json").exists(), "the trial finished before it could be killed"
+        os.kill(int((victim / "worker.pid").read_text()), signal.SIGKILL)
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return out / "grid", command, output
+
+
+def test_sweep_trains_every_grid_point_and_survives_a_killed_worker(sweep_runs):
+    root, _, _ = sweep_runs
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != "tune")
+    assert folders == ["seed=0,lte_noise=0", "seed=0,lte_noise=0.02", "seed=1,lte_noise=0", "seed=1,lte_noise=0.02"]
+    for folder in folders:
+        summary = json.loads((root / folder / "hopper-vel.json").read_text())
+        assert summary["epochs"] == 40 and not summary["interrupted"] and summary["updates"] == 40 * 20
+        seed, noise = (float(part.split("=")[1]) for part in folder.split(","))
+        assert summary["config"]["seed"] == seed and summary["config"]["lte_noise"] == noise
+        assert summary["config"]["threads"] == 1  # one core per trial
+        loaded = policy_module.load(str(root / folder / "hopper-vel.pt"), env_name="hopper-vel")
+        assert loaded.config["lte_noise"] == noise
+        epochs = [int(row["epoch"]) for row in csv.DictReader(open(root / folder / "hopper-vel.csv"))]
+        assert epochs == list(range(2, 41, 2)), (folder, epochs)  # continuous: no gap, no repeat
+    commands = json.loads((root / SWEEP_VICTIM / "hopper-vel.json").read_text())["commands"]
+    assert len(commands) == 2 and commands[1].endswith("--resume") and not commands[0].endswith("--resume")
+    # Each recorded command trains the same run on its own, without Ray.
+    assert commands[0].startswith("python train.py --env hopper-vel") and "--sweep" not in commands[0]
+
+
+def test_rerun_of_a_finished_sweep_trains_nothing(sweep_runs):
+    root, command, _ = sweep_runs
+    files = sorted(root.glob("*/hopper-vel.*"))
+    before = {path: path.stat().st_mtime_ns for path in files}
+    result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stdout
+    assert {path: path.stat().st_mtime_ns for path in sorted(root.glob("*/hopper-vel.*"))} == before
+
+
+def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path):
+    root, _, _ = sweep_runs
+    result = run_script("analyze.py", "seeds", "--runs", str(root), "--out", str(tmp_path), "--reach", "100")
+    assert result.returncode == 0, result.stderr
+    groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
+    assert sorted(groups) == ["lte_noise=0.0", "lte_noise=0.02"]
+    rows = list(csv.DictReader(open(tmp_path / "seeds.csv")))
+    assert len(rows) == 4
+    for label, group in groups.items():
+        assert group["seeds"] == [0, 1]
+        for metric in analyze.SEED_METRICS:
+            stats = group[metric]
+            per_seed = [float(row[metric]) for row in rows if row["configuration"] == label]
+            np.testing.assert_allclose(stats["values"], per_seed, atol=1e-3)
+            assert abs(stats["mean"] - np.mean(per_seed)) < 1e-3
+            # Two seeds: the 95% bootstrap interval of the mean spans exactly the two values.
+            assert stats["mean_low"] <= stats["mean"] <= stats["mean_high"]
+            assert abs(stats["mean_low"] - min(per_seed)) < 1e-3 and abs(stats["mean_high"] - max(per_seed)) < 1e-3
+        assert group["time_to_100"]["reached"] == 2  # every error is below 100 m/s at the first evaluation
+    assert "| lte_noise=0.0 | 2 |" in (tmp_path / "seeds.md").read_text()
+    assert (tmp_path / "seeds.png").stat().st_size > 0
+    assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path / "nowhere")), "--runs")
+    assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--out", str(tmp_path)), "no training run")
+
+
+def test_seed_statistics_interval_contains_the_mean_and_lies_within_the_seeds():
+    values = [0.31, 0.52, 0.27, 0.44, 0.38]
+    stats = analyze.seed_statistics(values)
+    assert min(values) <= stats["mean_low"] <= stats["mean"] <= stats["mean_high"] <= max(values)
+    assert stats["iqm_low"] <= stats["iqm"] <= stats["iqm_high"] and abs(stats["mean"] - np.mean(values)) < 1e-9
+    assert analyze.seed_statistics([0.3, float("nan")])["missing"] == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sweep", "nosuchfield=1,2"], ["--sweep", "nosuchfield"]),
+    (["--sweep", "seed=0,"], ["empty value"]),
+    (["--sweep", "lr=fast,slow"], ["--sweep lr", "number"]),
+    (["--sweep", "env=half-cheetah"], ["half-cheetah"]),
+    (["--sweep", "seed=0,1", "--address", "127.0.0.1:1"], ["127.0.0.1:1", "ray start --head"]),
+    (["--sweep", "seed=0,1", "--resume"], ["--resume"]),
+    (["--address", "auto"], ["--address"])])
+def test_sweep_bad_inputs(args, words):
+    assert_one_line_error(run_script("train.py", *args), *words)
+
+
+def test_sweep_grid_and_its_standalone_commands():
+    assert train.split_values("[64,64],[256,256]") == ["[64,64]", "[256,256]"]
+    args = argparse.Namespace(env="hopper-vel", preset="fast", tasks="default", seed=0, baseline=False, device="cpu", epochs=3, overrides=["lr=1e-3"])
+    trials = train.sweep_trials(train.parse_grid(["seed=0,1", "critic_hidden=[8],[8,8]"]), args)
+    assert [t["trial"] for t in trials] == ["seed=0,critic_hidden=[8]", "seed=0,critic_hidden=[8,8]",
+                                            "seed=1,critic_hidden=[8]", "seed=1,critic_hidden=[8,8]"]
+    assert trials[3]["config"]["critic_hidden"] == [8, 8] and trials[3]["config"]["lr"] == 1e-3
+    assert "--seed 1" in trials[3]["command"] and "--set critic_hidden=[8,8]" in trials[3]["command"]
 
 
 def test_rollout_metrics_are_consistent():

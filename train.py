@@ -6,6 +6,8 @@
     python train.py --resume                          # continue an interrupted run
     python train.py --baseline                        # plain multi-task SAC (policy on obs + one-hot)
     python train.py --benchmark                       # updates/s and env steps/s, one JSON line
+    python train.py --set minutes=20                  # stop after 20 minutes of wall-clock
+    python train.py --sweep seed=0,1,2 lte_noise=0,0.02   # a grid of runs on Ray Tune, in runs/sweep/
 
 The loop (paper Sec. 5.1 and the authors' release): one simulation per training task, all stepped together with
 one batched policy call; warm-up epochs with the untrained stochastic policy;
@@ -24,6 +26,12 @@ Files, for run name NAME (default: the family, plus "-baseline") in --out DIR:
                         on Ctrl-C and at the end
 All files are written atomically (temporary file, then rename). Checkpoints hold
 only tensors and plain Python values and load with torch.load(weights_only=True).
+
+Sweeps (requirements-sweep.txt): every point of the --sweep grid is an ordinary
+run of this file in OUT/NAME/FIELD=V,.../ on one thread, scheduled by Ray Tune
+onto this machine's cores (or a cluster's, with --address); a run whose process
+dies is restarted from its .latest.pt, and the same command again skips the
+finished runs and resumes the others. `python analyze.py seeds` aggregates them.
 
 Presets (Config below; every field can be overridden with --set field=value):
     fast   (default) 2x256 networks, 32 transitions per task per batch, Adam lr
@@ -46,8 +54,12 @@ import io
 import json
 import math
 import os
+import itertools
+import shutil
 import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -58,7 +70,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # benchmark only: se
 import envs
 from envs import ArgumentParser, fail
 from policy import CheckpointError, build_networks, read_checkpoint, rollout
-from sac import SAC, Replay, machine, resolve_precision, resolve_threads
+from sac import SAC, Replay, machine, resolve_precision, resolve_threads, usable_cores
 
 
 @dataclass
@@ -92,6 +104,7 @@ class Config:
     precision: str = "auto"  # bf16 autocast where the CPU multiplies bf16 natively, else fp32 (sac.resolve_precision)
     # loop (Sec. 5.1)
     epochs: int = 1500
+    minutes: float = 0.0  # wall-clock budget: training also ends at the first epoch past it (0 = epochs only)
     warmup_epochs: int = 5
     steps_per_epoch: int = 200
     updates_per_epoch: int = 200
@@ -221,6 +234,7 @@ class Trainer:
         self.episodes_finished = 0
         self.best_return, self.log_rows = -math.inf, []
         self.commands: list[str] = []  # every command that trained this run, oldest first (train.py's main adds them)
+        self.on_evaluation = None  # called with every evaluation row (run() sets it)
         self.obs, _ = self.env.reset(seed=cfg.seed)
 
     # ---- checkpoints ----------------------------------------------------
@@ -292,6 +306,10 @@ class Trainer:
             self.env_steps += self.env.num_tasks
             self.episodes_finished += int(np.sum(terminated | truncated))
 
+    def finished(self) -> bool:
+        """All epochs done, or the wall-clock budget (`minutes`) spent."""
+        return self.epoch >= self.cfg.epochs or 0 < self.cfg.minutes * 60 <= self.wall_clock
+
     def train(self) -> dict:
         cfg = self.cfg
         start = time.perf_counter() - self.wall_clock
@@ -301,18 +319,21 @@ class Trainer:
         interrupted = False
         # Ctrl-C and kill (SIGTERM) both end in a final checkpoint; installed
         # explicitly because a background job may inherit SIGINT as ignored.
-        previous_handlers = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Only a main thread may install handlers (a Ray Tune trial runs in another).
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous_handlers = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in handled}
         try:
-            while self.epoch < cfg.epochs:
+            while not self.finished():
                 self.collect(cfg.steps_per_epoch)
                 losses = [self.sac.update(self.replay.sample(cfg.batch_per_task, self.generator, cfg.n_step, cfg.gamma))
                           for _ in range(cfg.updates_per_epoch)]
                 self.updates += cfg.updates_per_epoch
                 self.epoch += 1
                 self.wall_clock = time.perf_counter() - start
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                last = self.finished()
+                if self.epoch % cfg.eval_every == 0 or last:
                     self._evaluate_and_log(losses, bar)
-                if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                if self.epoch % cfg.checkpoint_every == 0 or last:
                     self.save_latest()
                 bar.update(1)
         except KeyboardInterrupt:
@@ -343,6 +364,8 @@ class Trainer:
             self.best_return = metrics["mean_return"]
             self.save_best(metrics)
         atomic_write_text(csv_text(self.log_rows), self.paths["log"])
+        if self.on_evaluation is not None:
+            self.on_evaluation(row)
         if not self.show_progress:
             print(f"epoch {self.epoch}  env steps {self.env_steps}  updates {self.updates}  "
                   f"{self.wall_clock:.0f} s  mean return {metrics['mean_return']:.1f}  "
@@ -517,6 +540,165 @@ def _matmul_roof_seconds(update, batch: dict, repeats: int = 20) -> float:
 
 
 # --------------------------------------------------------------------------
+# Sweeps: a grid of runs as Ray Tune trials (seeds x families x settings)
+# --------------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SWEEP_EXCLUDES = [".git", ".venv", "checkpoints", "results", "runs", "__pycache__", ".pytest_cache"]  # not shipped to Ray workers
+
+
+def split_values(text: str) -> list[str]:
+    """'0,1,2' -> ['0', '1', '2']; a comma inside [...] belongs to a list value ('[64,64],[256,256]')."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+            continue
+        depth += (char == "[") - (char == "]")
+        current += char
+    return values + [current]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """--sweep field=v1,v2 ... -> {field: [v1, v2]}; the grid is their cartesian product."""
+    known = [f.name for f in fields(Config)]
+    grid = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--sweep expects field=v1,v2,... with field one of {', '.join(known)}; got {item!r}")
+        values = split_values(text)
+        if any(not value.strip() for value in values):
+            raise ValueError(f"--sweep {key}={text!r} has an empty value; write {key}=v1,v2,...")
+        if key in grid:
+            raise ValueError(f"--sweep names {key} twice; give all its values in one {key}=v1,v2,...")
+        grid[key] = values
+    return grid
+
+
+def sweep_trials(grid: dict[str, list[str]], args) -> list[dict]:
+    """Every point of the grid as a trial: its folder name, run name, Config and the
+    standalone `python train.py` command that would train exactly that run."""
+    trials = []
+    for combo in itertools.product(*grid.values()):
+        point = dict(zip(grid, combo))
+        family, preset_name = point.pop("env", args.env), point.pop("preset", args.preset)
+        envs.check_family(family)
+        start = replace(preset(preset_name, family), task_set=args.tasks, seed=args.seed, baseline=args.baseline,
+                        device=args.device, threads=1)  # one core per trial: as many trials at once as cores
+        if args.epochs is not None:
+            start = replace(start, epochs=args.epochs)
+        cfg = parse_overrides(start, args.overrides)
+        try:
+            cfg = parse_overrides(cfg, [f"{k}={v}" for k, v in point.items()])
+        except ValueError as error:
+            raise ValueError(str(error).replace("--set", "--sweep", 1)) from None
+        validate(cfg)
+        folder = ",".join(f"{k}={v}" for k, v in zip(grid, combo))
+        name = cfg.env + ("-baseline" if cfg.baseline else "")
+        reference = asdict(preset(preset_name, family))
+        settings = [f"--set {k}={json.dumps(v, separators=(',', ':'))}" for k, v in asdict(cfg).items()
+                    if k not in ("env", "preset", "task_set", "seed", "baseline", "device", "epochs") and v != reference[k]]
+        trials.append({"trial": folder, "name": name, "config": asdict(cfg), "command": " ".join(
+            ["python train.py", f"--env {cfg.env} --preset {preset_name} --tasks {cfg.task_set} --seed {cfg.seed}",
+             f"--epochs {cfg.epochs} --device {cfg.device}"] + (["--baseline"] if cfg.baseline else []) + settings)})
+    return trials
+
+
+def finished_summary(folder: str, name: str, epochs: int):
+    """The run's .json if it trained to its end (`epochs`, or its `minutes`) and was not interrupted, else None."""
+    path = os.path.join(folder, f"{name}.json")
+    try:
+        with open(path) as handle:
+            summary = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None
+    finished = summary.get("finished", summary.get("epochs", 0) >= epochs and not summary.get("interrupted", True))
+    return summary if finished else None
+
+
+TUNE_METRICS = ("epoch", "env_steps", "updates", "wall_clock_s", "mean_return", "mean_error")
+
+
+def sweep_trial(config: dict, trials: dict) -> None:
+    """One Ray Tune trial: an ordinary run in its own folder, resumed from its
+    .latest.pt when one is there (a restarted trial, a re-run sweep); a finished run
+    only reports its last evaluation. `config["trial"]` names the grid point."""
+    from ray import tune
+    trial = trials[config["trial"]]
+    cfg, folder, name = Config(**trial["config"]), trial["folder"], trial["name"]
+    os.makedirs(folder, exist_ok=True)
+    done = finished_summary(folder, name, cfg.epochs)
+    if done is not None:
+        print(f"{folder}: already trained to epoch {done['epochs']}; nothing to do", flush=True)
+        tune.report({k: done["last_evaluation"].get(k, done.get(k)) for k in TUNE_METRICS})
+        return
+    atomic_write_text(f"{os.getpid()}\n", os.path.join(folder, "worker.pid"))  # which process runs this trial
+    resume = os.path.exists(os.path.join(folder, f"{name}.latest.pt"))
+    command = f"{trial['command']} --out {folder} --name {name}" + (" --resume" if resume else "")
+    run(cfg, folder, name, resume=resume, command=command, progress=False,
+        on_evaluation=lambda row: tune.report({k: row[k] for k in TUNE_METRICS}))
+
+
+def check_address(address: str | None) -> None:
+    """Fail in one line, before Ray tries for a minute, when HOST:PORT does not answer."""
+    if address in (None, "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: expected auto, HOST:PORT (the head's GCS, default port 6379) "
+                         f"or ray://HOST:PORT (Ray Client, default port 10001)")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise ValueError(f"--address {address}: nothing answers there ({error.strerror or error}); start the cluster "
+                         f"with `ray start --head` on that machine, or drop --address to run on this one") from None
+
+
+def sweep(trials: list[dict], root: str, address: str | None) -> int:
+    """Run `trials` as Ray Tune trials (each its own process, resources = its threads)
+    and return how many did not finish. A trial whose process dies is restarted by
+    Tune (FailureConfig) and resumes from its last checkpoint; a re-run of the same
+    sweep skips finished runs and resumes the others."""
+    for trial in trials:
+        trial["folder"] = os.path.join(root, trial["trial"])
+    if all(finished_summary(t["folder"], t["name"], t["config"]["epochs"]) for t in trials):
+        print(f"{root}: all {len(trials)} runs are trained; nothing to do", flush=True)
+        return 0
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        fail("--sweep needs Ray Tune: pip install -r requirements-sweep.txt")
+    os.makedirs(root, exist_ok=True)
+    try:
+        ray.init(address=address, num_cpus=None if address else usable_cores(), include_dashboard=False,
+                 log_to_driver=False, runtime_env={"working_dir": HERE, "excludes": SWEEP_EXCLUDES})
+    except (ConnectionError, RuntimeError) as error:
+        fail(f"--address {address}: {str(error).splitlines()[0]}; start a cluster with `ray start --head` or drop --address")
+    shutil.rmtree(os.path.join(root, "tune"), ignore_errors=True)  # Tune's own bookkeeping; our files are the record
+    by_folder = {trial["trial"]: trial for trial in trials}
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, trials=by_folder),
+                                    lambda config: {"cpu": by_folder[config["trial"]]["config"]["threads"]})
+    tuner = tune.Tuner(  # one column, "trial", in Tune's table: the grid point's folder name
+        trainable, param_space={"trial": tune.grid_search(list(by_folder))},
+        tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: t.config["trial"],
+                                    trial_name_creator=lambda t: t.config["trial"]),
+        run_config=tune.RunConfig(name="tune", storage_path=root, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=3)))
+    tuner.fit()
+    ray.shutdown()
+    unfinished = 0
+    for trial in trials:
+        done = finished_summary(trial["folder"], trial["name"], trial["config"]["epochs"])
+        unfinished += done is None
+        print(f"{trial['folder']}: " + (f"mean error {done['last_evaluation'].get('mean_error', float('nan')):.3f}, "
+                                        f"{done['wall_clock_s']:.0f} s" if done else "unfinished"), flush=True)
+    return unfinished
+
+
+# --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
@@ -554,7 +736,7 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("warmup_epochs", "threads"):
+    for key in ("warmup_epochs", "threads", "minutes"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.warmup_epochs * cfg.steps_per_epoch + cfg.steps_per_epoch < 1:
@@ -585,12 +767,19 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's; fast 1500, paper 4000-10000 by family)%(default).0s")
     parser.add_argument("--baseline", action="store_true", help="plain multi-task SAC (policy on obs + one-hot task)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or mps")
-    parser.add_argument("--out", default="checkpoints", help="folder for the checkpoint, log and summary")
-    parser.add_argument("--name", default=None, help="run name (default: the family, plus -baseline)%(default).0s")
+    parser.add_argument("--out", default=None, help="folder for the checkpoint, log and summary (default: checkpoints; "
+                        "runs for a sweep)%(default).0s")
+    parser.add_argument("--name", default=None, help="run name (default: the family, plus -baseline); a sweep's folder "
+                        "name in OUT (default: sweep)%(default).0s")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME.latest.pt to the same total epochs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any Config field, e.g. --set lr=1e-3 --set lte_dim=8")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per evaluation instead)")
+    parser.add_argument("--sweep", nargs="+", default=None, metavar="FIELD=V1,V2",
+                        help="a grid of runs on Ray Tune, e.g. --sweep seed=0,1,2 env=halfcheetah-vel,ant-dir "
+                        "lte_noise=0,0.02; other flags apply to every trial; runs in OUT/NAME/TRIAL/")
+    parser.add_argument("--address", default=None, help="Ray cluster for --sweep: auto, HOST:PORT or ray://HOST:PORT "
+                        "(default: start Ray on this machine)%(default).0s")
     parser.add_argument("--benchmark", action="store_true", help="print updates/s and env steps/s as one JSON line and exit")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each benchmark measurement")
     args = parser.parse_args(argv)
@@ -600,6 +789,26 @@ def main(argv=None) -> None:
             parser.error("--seconds must be positive")
         print(json.dumps(benchmark(args.seconds)))
         return
+    if args.sweep is not None:
+        if args.resume:
+            parser.error("--resume is implied by --sweep: re-run the same --sweep command to continue it")
+        root = os.path.join(args.out or "runs", args.name or "sweep")
+        if os.sep in (args.name or "") or not envs.writable_folder(os.path.dirname(os.path.abspath(root))):
+            parser.error(f"cannot write the sweep folder {root}; pass a writable --out and a plain --name")
+        try:
+            trials = sweep_trials(parse_grid(args.sweep), args)
+            check_address(args.address)
+        except ValueError as error:
+            parser.error(str(error))
+        unfinished = sweep(trials, os.path.abspath(root), args.address)
+        if unfinished:
+            print(f"{unfinished} of {len(trials)} runs did not finish; re-run the same command to continue them",
+                  file=sys.stderr)
+            raise SystemExit(1)
+        return
+    if args.address is not None:
+        parser.error("--address is for --sweep only")
+    args.out = args.out or "checkpoints"
     try:
         envs.check_family(args.env)
         cfg = preset(args.preset, args.env)
@@ -617,33 +826,45 @@ def main(argv=None) -> None:
         parser.error(f"cannot write to --out {args.out}; pass a writable folder")
 
     command = " ".join(["python", "train.py", *(argv if argv is not None else sys.argv[1:])])
-    trainer = Trainer(cfg, args.out, name, progress=not args.no_progress)
+    try:
+        summary = run(cfg, args.out, name, resume=args.resume, command=command, progress=not args.no_progress)
+    except CheckpointError as error:
+        parser.error(str(error))
+    if summary["interrupted"]:
+        raise SystemExit(130)
+
+
+def run(cfg: Config, out_dir: str, name: str, *, resume: bool, command: str, progress: bool,
+        on_evaluation=None) -> dict:
+    """One training run, fresh or resumed from OUT/NAME.latest.pt, ending in OUT/NAME.json.
+    `on_evaluation(row)` sees every evaluation row (a sweep reports them to Ray Tune)."""
+    trainer = Trainer(cfg, out_dir, name, progress=progress)
+    trainer.on_evaluation = on_evaluation
     cfg = trainer.cfg
     trainer.commands.append(command)
-    if args.resume:
-        try:
-            trainer.resume()
-        except CheckpointError as error:
-            parser.error(str(error))
+    if resume:
+        trainer.resume()
         print(f"resumed {trainer.paths['latest']} at epoch {trainer.epoch}/{cfg.epochs}", flush=True)
         if trainer.resumed_machine != {k: getattr(cfg, k) for k in trainer.resumed_machine}:
             print(f"note: the run so far ran with {trainer.resumed_machine}; it continues with "
                   f"precision={cfg.precision}, threads={cfg.threads}, device={cfg.device}", flush=True)
-    elif os.path.exists(trainer.paths["latest"]) and trainer.paths["latest"]:
+    elif os.path.exists(trainer.paths["latest"]):
         print(f"note: starting afresh; {trainer.paths['latest']} will be overwritten (use --resume to continue it)",
               flush=True)
     print("config " + json.dumps(asdict(cfg)), flush=True)
     final = trainer.train()
-    summary = {"command": command, "commands": trainer.commands, "config": asdict(cfg), "epochs": trainer.epoch, "env_steps": trainer.env_steps,
-               "updates": trainer.updates, "wall_clock_s": round(trainer.wall_clock, 1),
+    summary = {"command": command, "commands": trainer.commands, "config": asdict(cfg), "epochs": trainer.epoch,
+               "env_steps": trainer.env_steps, "updates": trainer.updates, "wall_clock_s": round(trainer.wall_clock, 1),
                "best_mean_return": trainer.best_return, "interrupted": trainer.interrupted,
+               "finished": trainer.finished() and not trainer.interrupted,
                "last_evaluation": final}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", trainer.paths["summary"])
-    if trainer.interrupted:
-        raise SystemExit(130)
-    print(f"done: {trainer.epoch} epochs, {trainer.updates} updates, {trainer.env_steps} env steps, "
-          f"{trainer.wall_clock:.0f} s; final mean return {final.get('mean_return', float('nan')):.1f}, "
-          f"mean error {final.get('mean_error', float('nan')):.3f}; best policy in {trainer.paths['best']}")
+    if not trainer.interrupted:
+        print(f"done: {trainer.epoch} epochs, {trainer.updates} updates, {trainer.env_steps} env steps, "
+              f"{trainer.wall_clock:.0f} s; final mean return {final.get('mean_return', float('nan')):.1f}, "
+              f"mean error {final.get('mean_error', float('nan')):.3f}; best policy in {trainer.paths['best']}",
+              flush=True)
+    return summary
 
 
 if __name__ == "__main__":
