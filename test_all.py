@@ -981,6 +981,43 @@ def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path
     assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--out", str(tmp_path)), "no training run")
 
 
+def test_sweep_runs_unchanged_on_an_existing_cluster(tmp_path):
+    """`ray start --head` (its own temp dir and token, killed with its process group
+    afterwards), then the sweep with --address HOST:PORT, as on a cluster's machine."""
+    pytest.importorskip("ray.tune", reason="the sweep needs requirements-sweep.txt")
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    import tempfile
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 characters
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "ear-test-" + os.urandom(8).hex()}
+    head = subprocess.Popen([os.path.join(os.path.dirname(PYTHON), "ray"), "start", "--head", "--block",
+                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                             "--temp-dir", temp_dir, "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed: {head.stderr.read()[-2000:] if head.poll() is not None else 'timeout'}"
+                time.sleep(0.5)
+        budget = [*SWEEP_TRAIN[:2], "--epochs", "2", *SWEEP_TRAIN[4:]]
+        result = subprocess.run([PYTHON, "train.py", *budget, "--out", str(tmp_path), "--address", f"127.0.0.1:{port}",
+                                 "--sweep", "seed=0,1"], cwd=HERE, env=env, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        for seed in (0, 1):
+            assert json.loads((tmp_path / "sweep" / f"seed={seed}" / "hopper-vel.json").read_text())["finished"]
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+        import shutil
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def test_seed_statistics_interval_contains_the_mean_and_lies_within_the_seeds():
     values = [0.31, 0.52, 0.27, 0.44, 0.38]
     stats = analyze.seed_statistics(values)

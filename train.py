@@ -676,7 +676,9 @@ def sweep(trials: list[dict], root: str, address: str | None) -> int:
         ray.init(address=address, num_cpus=None if address else usable_cores(), include_dashboard=False,
                  log_to_driver=False, runtime_env={"working_dir": HERE, "excludes": SWEEP_EXCLUDES})
     except (ConnectionError, RuntimeError) as error:
-        fail(f"--address {address}: {str(error).splitlines()[0]}; start a cluster with `ray start --head` or drop --address")
+        fail(f"--address {address}: {str(error).splitlines()[0]}; is a cluster running there (`ray start --head`)? "
+             f"A cluster of Ray >= 2.59 also wants its token: export RAY_AUTH_MODE=token, and on another machine "
+             f"RAY_AUTH_TOKEN from `ray get-auth-token` on the head")
     shutil.rmtree(os.path.join(root, "tune"), ignore_errors=True)  # Tune's own bookkeeping; our files are the record
     by_folder = {trial["trial"]: trial for trial in trials}
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, trials=by_folder),
