@@ -142,7 +142,7 @@ def angle_between(a, b) -> float:
 
 
 def _kind_value(family: str, task):
-    return task if isinstance(task, tuple) else ("dir" if family == "ant-dir" else "run", float(task))
+    return task if isinstance(task, tuple) else (envs.FAMILIES[family].number_kind, float(task))
 
 
 def bracket_prior(policy, task) -> dict:
@@ -356,12 +356,7 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
     error = env.task_error(result)
     report = {"return": float(result["return"].mean()),
               "error": float(np.mean(error)) if np.isfinite(error).all() else None}
-    if env.family.planar:
-        report["velocity"] = float(result["velocity"].mean())
-        if isinstance(task, tuple) and task[0] != "run":
-            report["height"] = float(result["height_mean"].mean())
-    else:
-        report["heading"] = float(envs.heading(result["velocity"].mean(axis=0, keepdims=True))[0])
+    report.update(env.summary(result))
     return report
 
 

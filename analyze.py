@@ -208,10 +208,6 @@ def r_squared(y, prediction) -> float:
     return float(1.0 - np.sum((y - prediction) ** 2) / total) if total > 1e-6 * len(y) else float("nan")
 
 
-def _wrap(degrees):
-    return (np.asarray(degrees) + 180.0) % 360.0 - 180.0
-
-
 # --------------------------------------------------------------------------
 # Checkpoints, rollouts, files
 # --------------------------------------------------------------------------
@@ -333,7 +329,7 @@ def interpolate(args) -> dict:
     """Sweep nlerp and slerp between pairs of training LTEs; plot behaviour against alpha."""
     numbers, problems = {}, []
     for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
-        planar, unit = envs.FAMILIES[family].planar, envs.FAMILIES[family].error_unit
+        fam = envs.FAMILIES[family]
         pairs = []
         for a_text, b_text in (args.pair or DEFAULT_PAIRS[family]):
             try:
@@ -360,7 +356,7 @@ def interpolate(args) -> dict:
         for p, (ia, ib) in enumerate(pairs):
             ta, tb = policy.tasks[ia], policy.tasks[ib]
             va, vb = target_of(family, ta), target_of(family, tb)
-            span = vb - va if planar else float(_wrap(vb - va))
+            span = float(fam.difference(vb, va))
             predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
             name = f"{envs.task_label(ta)}->{envs.task_label(tb)}"
             ax, pair_numbers = axes[0, p], {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb)}
@@ -368,15 +364,13 @@ def interpolate(args) -> dict:
             for m, method in enumerate(methods):
                 for mode, style in (("deterministic", "-"), ("stochastic", ":")):
                     v = values[mode][p, m]
-                    if not planar:  # headings unwrapped around the prediction
-                        v = predicted[:, None] + _wrap(v - predicted[:, None])
+                    v = predicted[:, None] + fam.difference(v, predicted[:, None])  # headings unwrapped
                     mean, std = v.mean(axis=1), v.std(axis=1)
                     ends = mean[0] + alphas * (mean[-1] - mean[0])
                     steps = np.diff(mean) * np.sign(span if span else 1.0)
-                    tolerance = 0.05 if planar else 2.0
                     stats = {"alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(),
                              "std": std.tolist(), "r2_targets": r_squared(mean, predicted),
-                             "r2_endpoints": r_squared(mean, ends), "monotonic": bool(np.all(steps > -tolerance)),
+                             "r2_endpoints": r_squared(mean, ends), "monotonic": bool(np.all(steps > -fam.behaviour_tolerance)),
                              "fraction_steps_forward": float(np.mean(steps > 0))}
                     pair_numbers[f"{method}_{mode}"] = stats
                     color = "C0" if method == "nlerp" else "C1"
@@ -384,7 +378,7 @@ def interpolate(args) -> dict:
                             label=f"{method}, {mode} actions")
                     ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
                     say(f"interpolate {family} {name} {method} {mode}: alpha 0.5 gives "
-                        f"{stats['alpha_0.5']:.2f} {unit} (line {va + 0.5 * span:.2f}), R^2 "
+                        f"{stats['alpha_0.5']:.2f} {fam.error_unit} (line {va + 0.5 * span:.2f}), R^2 "
                         f"{stats['r2_targets']:.2f} vs targets, {stats['r2_endpoints']:.2f} vs endpoints, "
                         f"{'monotonic' if stats['monotonic'] else 'not monotonic'}")
                     rows += [{"env": family, "pair": name, "method": method, "actions": mode, "alpha": round(a, 4),
@@ -393,8 +387,7 @@ def interpolate(args) -> dict:
                              for a, mu, sd, pr in zip(alphas, mean, std, predicted)]
             ax.plot([0, 1], [va, va + span], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
             ax.set(title=f"{envs.FAMILIES[family].title}: {envs.task_label(ta)} (α=0) → {envs.task_label(tb)} (α=1)",
-                   xlabel="interpolation weight α", ylabel=("achieved forward velocity (m/s), steps 50-200"
-                                                           if planar else "achieved heading (degrees)"))
+                   xlabel="interpolation weight α", ylabel=fam.behaviour_label)
             ax.grid(alpha=0.3)
             family_numbers[name] = pair_numbers
         axes[0, 0].legend(fontsize=7, loc="best")
@@ -516,7 +509,7 @@ def sphere(args) -> dict:
         result, env = simulate(policy, family, directions, args)
         planar, E = env.family.planar, policy.task_embeddings
         b = env.behaviour(result)
-        diff = (lambda x, y: np.abs(x - y)) if planar else (lambda x, y: np.abs(_wrap(x - y)))
+        diff = lambda x, y: np.abs(env.family.difference(x, y))
         spread = np.mean(diff(b, b[partner]))
         stats = {"directions": len(directions),
                  "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
@@ -537,7 +530,7 @@ def sphere(args) -> dict:
                 f"(0 smooth, 1 unstructured), nearest LTE is an adjacent task for {100 * stats['lte_nearest_is_adjacent_task']:.0f}%")
         else:
             speed = np.linalg.norm(result["velocity"], axis=1)
-            sectors = np.unique(np.round(_wrap(b[speed > 0.5]) / 15.0) % 24)
+            sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
             stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
             panels += [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
             say(f"sphere {family}: {len(b)} directions cover {len(sectors)}/24 heading sectors of 15 degrees at "
@@ -565,7 +558,7 @@ def sphere(args) -> dict:
                      f"directions, one deterministic rollout each; stars: trained LTEs)", y=1.0)
         _save(fig, os.path.join(args.out, f"sphere_{family}.png"))
         columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2],
-                   ("velocity_mps" if planar else "heading_deg"): b,
+                   env.family.behaviour_column: b,
                    "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
         write_csv(os.path.join(args.out, f"sphere_{family}.csv"),
                   [{k: round(float(v[i]), 4) for k, v in columns.items()} for i in range(len(directions))])

@@ -338,11 +338,42 @@ class Family:
     # is far below 20 m/s, hopper and walker below 5); None for headings.
     velocity_limit: float | None = None
     planar: bool = True  # False for the Ant: velocity is the x-y vector
+    # The authors' batch per task and replay per task (None: 1e6 transitions shared by the tasks).
+    paper_batch_per_task: int = 128
+    paper_replay_per_task: int | None = None
 
     @property
     def error_unit(self) -> str:
         """Unit of the family's task error and behaviour: m/s, or degrees of heading (Ant)."""
         return "m/s" if self.planar else "deg"
+
+    @property
+    def velocity_dim(self) -> int:
+        """1: forward velocity along x; 2: the x-y velocity vector (Ant)."""
+        return 1 if self.planar else 2
+
+    @property
+    def number_kind(self) -> str:
+        """The kind of a task written as a bare number: a run velocity, or an Ant direction."""
+        return "run" if self.planar else "dir"
+
+    @property
+    def behaviour_label(self) -> str:
+        return "achieved forward velocity (m/s), steps 50-200" if self.planar else "achieved heading (degrees)"
+
+    @property
+    def behaviour_column(self) -> str:
+        return "velocity_mps" if self.planar else "heading_deg"
+
+    @property
+    def behaviour_tolerance(self) -> float:
+        """The smallest step in behaviour counted as a move (0.05 m/s; 2 degrees of heading)."""
+        return 0.05 if self.planar else 2.0
+
+    def difference(self, a, b):
+        """a - b in the family's behaviour: plain for velocities, wrapped into [-180, 180) for headings."""
+        d = np.asarray(a, dtype=np.float64) - b
+        return d if self.planar else wrap_degrees(d)
 
 
 def _hopper_healthy(qpos, qvel):
@@ -386,7 +417,8 @@ FAMILIES = {
         {"default": _grid(0.2, 2.0, 0.2)}, "Walker-Vel", 5000, 5.0),
     "ant-dir": Family(
         "ant-dir", ANT_XML, 5, 2, None, "cheetah", 0.5, 1.0, _ant_healthy,
-        {"default": [float(d) for d in range(0, 360, 15)]}, "Ant-Dir", 10000, planar=False),
+        {"default": [float(d) for d in range(0, 360, 15)]}, "Ant-Dir", 10000, planar=False,
+        paper_batch_per_task=80, paper_replay_per_task=50_000),
 }
 TASK_SETS = {name: fam.task_sets for name, fam in FAMILIES.items()}
 TASK_KINDS = ("run", "jump", "stand")
@@ -669,14 +701,45 @@ class MultiTaskEnv:
         NaN (they have no target; see result["height_mean"])."""
         if not self.family.planar:
             target = np.array([float(t) for t in self.tasks])
-            return np.abs((heading(result["velocity"]) - target + 180.0) % 360.0 - 180.0)
+            return np.abs(wrap_degrees(heading(result["velocity"]) - target))
         error = np.abs(result["velocity"] - self.target_velocity)
         return np.where(self.velocity_weight > 0, error, np.nan)
+
+    def task_measures(self, result: dict) -> dict:
+        """The family's behaviour measures beside the error, per simulation (NaN where a
+        measure does not apply): Ant, "speed_along" the commanded direction (m/s); tasks
+        without a velocity target (jump, stand), "height" (mean root height, m)."""
+        if not self.family.planar:
+            return {"speed_along": result["speed_along"]}
+        if (self.velocity_weight > 0).all():
+            return {}
+        return {"height": np.where(self.velocity_weight > 0, np.nan, result["height_mean"])}
+
+    def summary(self, result: dict) -> dict:
+        """What all simulations (repeats of one task) did together: the mean forward
+        "velocity" (m/s), or for the Ant the "heading" of the mean x-y velocity (deg);
+        and for a task without a velocity target (jump, stand) the mean root "height" (m)."""
+        if not self.family.planar:
+            return {"heading": float(heading(result["velocity"].mean(axis=0, keepdims=True))[0])}
+        out = {"velocity": float(result["velocity"].mean())}
+        if not (self.velocity_weight > 0).all():
+            out["height"] = float(result["height_mean"].mean())
+        return out
+
+    def speed_along(self, velocity: np.ndarray) -> np.ndarray:
+        """Velocity along each task's direction: the forward velocity itself, or for the
+        Ant the (T, 2) x-y velocity projected on the task's direction."""
+        return velocity if self.family.planar else np.sum(velocity * self.direction, axis=1)
 
     def behaviour(self, result: dict) -> np.ndarray:
         """What each simulation did, in the family's unit: forward velocity (m/s), or
         for the Ant the heading in degrees of the torso's displacement over the episode."""
         return result["velocity"] if self.family.planar else heading(result["velocity_all"])
+
+
+def wrap_degrees(degrees):
+    """Angles in degrees wrapped into [-180, 180)."""
+    return (np.asarray(degrees, dtype=np.float64) + 180.0) % 360.0 - 180.0
 
 
 def heading(velocity_xy: np.ndarray) -> np.ndarray:

@@ -279,7 +279,8 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     "velocity" (mean forward velocity over the last 150 steps of the 200, i.e.
     after a 50-step start-up; over the whole episode if it ended sooner; Ant:
     the mean x-y velocity, (T, 2)), "velocity_all" (over the whole episode),
-    "speed_along" (Ant: mean velocity along the task direction), "height_mean",
+    "speed_along" (velocity along the task's direction: the forward velocity; Ant: the x-y
+    velocity projected on the commanded direction), "height_mean",
     "height_max", "fell" (fraction of episodes ending in a fall); with `record`,
     also per-step "obs", "velocity_steps", "height_steps", "reward_steps"
     of the first episode, shaped (steps, T, ...), where steps past a task's end
@@ -290,7 +291,7 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
         ltes = np.arange(T) if policy.baseline else policy.task_embeddings
     ltes = np.asarray(ltes)
     totals = {k: np.zeros(T) for k in ("return", "length", "height_mean", "height_max", "fell", "speed_along")}
-    velocity_sum = np.zeros((T, 2)) if not env.family.planar else np.zeros(T)
+    velocity_sum = np.zeros((T, 2)) if env.family.velocity_dim == 2 else np.zeros(T)
     velocity_all_sum = np.zeros_like(velocity_sum)
     recorded = None
     for episode in range(episodes):
@@ -338,8 +339,7 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
                                  per_step(ep_vel_late, np.maximum(ep_len_late, 1)), mean_velocity_all)
         velocity_sum += mean_velocity
         velocity_all_sum += mean_velocity_all
-        if not env.family.planar:
-            totals["speed_along"] += np.sum(mean_velocity * env.direction, axis=1)
+        totals["speed_along"] += env.speed_along(mean_velocity)
         if steps is not None:
             recorded = {k: np.stack(v) for k, v in steps.items()}
     result = {k: v / episodes for k, v in totals.items()}

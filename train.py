@@ -120,13 +120,12 @@ def preset(name: str, env: str) -> Config:
     if name == "fast":
         return Config(env=env)
     if name == "paper":
-        ant = env == "ant-dir"
-        num_tasks = len(envs.training_tasks(env))
+        family = envs.check_family(env)
         return Config(env=env, preset="paper", lr=3e-4, encoder_hidden=[400, 400], task_hidden=[400],
                       decoder_hidden=[400] * 4, critic_hidden=[400] * 4, baseline_hidden=[400] * 4,
-                      batch_per_task=80 if ant else 128,
-                      replay_per_task=50_000 if ant else int(1e6) // num_tasks,
-                      epochs=envs.FAMILIES[env].paper_epochs, warmup_epochs=20,
+                      batch_per_task=family.paper_batch_per_task,
+                      replay_per_task=family.paper_replay_per_task or int(1e6) // len(envs.training_tasks(env)),
+                      epochs=family.paper_epochs, warmup_epochs=20,
                       eval_every=1, eval_episodes=3, checkpoint_every=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: fast, paper")
 
@@ -186,16 +185,15 @@ def evaluate(policy, env, episodes: int, seed: int) -> dict:
     metrics = {"mean_return": float(np.mean(result["return"])),
                "mean_error": float(np.nanmean(error)) if np.isfinite(error).any() else float("nan"),
                "fell": float(np.mean(result["fell"]))}
+    measures = env.task_measures(result)
     for i, task in enumerate(env.tasks):
         label = envs.task_label(task)
         metrics[f"return[{label}]"] = float(result["return"][i])
         metrics[f"error[{label}]"] = float(error[i])
-        if not env.family.planar:
-            metrics[f"speed_along[{label}]"] = float(result["speed_along"][i])
-        elif isinstance(task, tuple) and task[0] != "run":
-            metrics[f"height[{label}]"] = float(result["height_mean"][i])
-    if not env.family.planar:
-        metrics["mean_speed_along"] = float(np.mean(result["speed_along"]))
+        metrics.update({f"{name}[{label}]": float(values[i]) for name, values in measures.items()
+                        if np.isfinite(values[i])})
+    if "speed_along" in measures:
+        metrics["mean_speed_along"] = float(np.mean(measures["speed_along"]))
     return metrics
 
 
