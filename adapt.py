@@ -95,7 +95,7 @@ import torch
 
 import envs
 from envs import ArgumentParser
-from policy import CheckpointError, build_networks, load, rollout
+from policy import CheckpointError, atomic_write_text, build_networks, load, rollout
 from sac import cpu_class, machine, resolve_precision, resolve_threads
 
 METHODS = ("bracket", "cem", "scratch", "finetune")
@@ -309,7 +309,7 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     replay. Returns (network, its LTE input, cost dict)."""
     from train import Trainer
     cfg = _base_config(policy, baseline=method == "scratch", seed=seed, batch_per_task=SAC_BATCH,
-                       replay_per_task=max(budget_steps, 1), n_step=1)
+                       replay_per_task=max(budget_steps, 1))
     torch.manual_seed(seed)
     net, critic = build_networks(policy.obs_dim, policy.act_dim, 1, asdict(cfg))
     if method == "finetune":
@@ -427,7 +427,6 @@ def describe(report: dict) -> str:
 
 
 def write_json(data, path: str) -> None:
-    from train import atomic_write_text
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)

@@ -275,8 +275,8 @@ def simulate(policy, family: str, ltes, args, deterministic=True, record=False):
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    """The rows as CSV, written atomically (train.py's writer)."""
-    train.atomic_write_text(train.csv_text(rows), path)
+    """The rows as CSV, written atomically."""
+    policy_lib.atomic_write_text(policy_lib.csv_text(rows), path)
 
 
 def _clean(value):
@@ -308,11 +308,7 @@ def merge_summary(out: str, command: str, numbers: dict) -> None:
         summary[command].update(_clean(numbers))
     else:
         summary[command] = _clean(numbers)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(summary, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    policy_lib.atomic_write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", path)
 
 
 def _save(fig, path: str) -> None:
@@ -703,7 +699,7 @@ def evaluate(args) -> dict:
         lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
                      f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {_measure_text(family, measure)} | "
                      f"{measure['fell']:.0%} |")
-    train.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
+    policy_lib.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
     return numbers
 
 
@@ -922,7 +918,7 @@ def seeds(args) -> dict:
               + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(cells) + " |" for cells in table])
-    train.atomic_write_text(f"Runs in {args.runs}; intervals: 95% percentile bootstrap over seeds "
+    policy_lib.atomic_write_text(f"Runs in {args.runs}; intervals: 95% percentile bootstrap over seeds "
                             f"({args.reps} resamples, rliable).\n\n{markdown}\n", os.path.join(args.out, "seeds.md"))
     return numbers
 

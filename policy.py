@@ -29,6 +29,8 @@ and every analysis (analyze.py) use to run a policy in the environments.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 
@@ -218,8 +220,35 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
 
 
 # --------------------------------------------------------------------------
-# Loading
+# Checkpoints and files (every script writes through these)
 # --------------------------------------------------------------------------
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path`:
+    a crash mid-write leaves the previous file intact."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def csv_text(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def read_checkpoint(path: str) -> dict:

@@ -27,6 +27,9 @@ this update's steps, exactly as in the release's order; computing them in one
 backward pass (the actor's Q evaluation uses detached critic weights) changes
 nothing but the speed. Likewise one fused Adam over actor and critic parameters
 is the same arithmetic as one Adam per module with equal hyperparameters.
+`ReferenceSAC` below is the same update written the textbook way (separate critics,
+one optimiser and one backward pass per loss); the test suite runs both from the
+same weights and checks that they agree after every step.
 
 Hyperparameters (config fields in train.py):
     gamma 0.99        discount
@@ -69,7 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policy import Policy, TwinCritic
+from policy import CheckpointError, Policy, TwinCritic, mlp
 
 
 class Replay:
@@ -77,59 +80,42 @@ class Replay:
 
     All tasks are stepped together, so every task holds the same number of
     transitions, in time order, and one index tensor serves them all.
-    Fields per transition: obs, action, reward, next_obs, terminal (a fall),
-    episode_end (terminal or the 200-step cap)."""
+    Fields per transition: obs, action, reward, next_obs, terminal (a fall; never
+    the 200-step cap, after which the target still bootstraps)."""
 
     def __init__(self, num_tasks: int, capacity: int, obs_dim: int, act_dim: int, device="cpu"):
         self.num_tasks, self.capacity = num_tasks, capacity
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.width = 2 * obs_dim + act_dim + 3
+        self.width = 2 * obs_dim + act_dim + 2
         self.data = torch.zeros(num_tasks, capacity, self.width, device=device)
         self.position, self.size = 0, 0
 
-    def add(self, obs, action, reward, next_obs, terminal, episode_end=None) -> None:
+    def add(self, obs, action, reward, next_obs, terminal) -> None:
         """Store one transition per task; arguments are (T, ...) arrays."""
-        if episode_end is None:
-            episode_end = terminal
         row = torch.cat([torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(self.num_tasks, -1)
-                         for x in (obs, action, reward, next_obs, terminal, episode_end)], dim=1)
+                         for x in (obs, action, reward, next_obs, terminal)], dim=1)
         self.data[:, self.position] = row.to(self.data.device)
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, per_task: int, generator: torch.Generator | None = None,
-               n_step: int = 1, gamma: float = 0.99) -> dict:
-        """A task-balanced batch: `per_task` uniform draws from every task's buffer.
-
-        With n_step > 1 each draw is the start of n consecutive transitions of
-        the same simulation, cut at the end of its episode:
-          reward   = sum_i gamma^i r_{t+i}  (i up to the last step of the episode within n)
-          next_obs = the observation after that last step, terminal its fall flag,
-          discount = gamma^(steps used), so the target is reward + discount (1 - terminal) V(next_obs).
-        With n_step = 1 this is the ordinary one-step transition and discount = gamma."""
-        n = min(n_step, self.size)
+    def sample(self, per_task: int, generator: torch.Generator | None = None) -> dict:
+        """A task-balanced batch: `per_task` uniform draws from every task's buffer."""
         oldest = self.position if self.size == self.capacity else 0
-        offset = torch.randint(0, self.size - n + 1, (self.num_tasks, per_task), generator=generator, device="cpu")
-        index = (oldest + offset.unsqueeze(-1) + torch.arange(n, device="cpu")) % self.capacity  # (T, B, n)
-        index = index.to(self.data.device).reshape(self.num_tasks, -1, 1).expand(-1, -1, self.width)
-        rows = torch.gather(self.data, 1, index).reshape(self.num_tasks * per_task, n, self.width)
+        offset = torch.randint(0, self.size, (self.num_tasks, per_task), generator=generator, device="cpu")
+        index = ((oldest + offset) % self.capacity).to(self.data.device)
+        rows = torch.gather(self.data, 1, index.unsqueeze(-1).expand(-1, -1, self.width)).reshape(-1, self.width)
         o, a = self.obs_dim, self.act_dim
-        reward, terminal, episode_end = rows[..., o + a], rows[..., -2], rows[..., -1]
-        # still_in_episode[:, i]: no episode ended before step i
-        still_in_episode = torch.cumprod(torch.cat([torch.ones_like(episode_end[:, :1]), 1 - episode_end[:, :-1]], 1), 1)
-        powers = gamma ** torch.arange(n, dtype=reward.dtype, device=reward.device)
-        last = (still_in_episode.sum(1) - 1).long()  # index of the last step used
-        pick = lambda x: x[torch.arange(x.shape[0], device=x.device), last]
         task = torch.arange(self.num_tasks, device=self.data.device).repeat_interleave(per_task)
-        return {"obs": rows[:, 0, :o], "action": rows[:, 0, o:o + a],
-                "reward": (reward * still_in_episode * powers).sum(1),
-                "next_obs": pick(rows[..., o + a + 1:2 * o + a + 1]), "terminal": pick(terminal),
-                "discount": gamma ** (last + 1).to(reward.dtype), "task": task}
+        return {"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
+                "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminal": rows[:, -1], "task": task}
 
     def state_dict(self) -> dict:
         return {"data": self.data[:, :self.size].cpu().clone(), "position": self.position, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
+        if state["data"].shape[-1] != self.width:
+            raise CheckpointError(f"the checkpoint's replay holds {state['data'].shape[-1]} numbers per transition, "
+                                  f"this code {self.width}: it was written by another version; train afresh")
         self.size, self.position = int(state["size"]), int(state["position"])
         self.data[:, :self.size] = state["data"].to(self.data.device)
 
@@ -337,8 +323,7 @@ class SAC:
         with torch.no_grad(), self.autocast():
             next_action, next_log_prob = self.policy(batch["next_obs"], task)
             next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
-            discount = batch.get("discount", self.gamma)
-            target = reward + discount * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
+            target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
         with self.autocast():
             # the sum of the two critics' MSE: each critic gets its own gradient
             q = self.critic(obs, action, task).float()
@@ -365,3 +350,83 @@ class SAC:
             self.log_alpha.copy_(state["log_alpha"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+class ReferenceSAC:
+    """The same update (steps 1-6 of the module docstring), written the textbook way,
+    as Spinning Up's and CleanRL's SAC write it: two separate critic networks with
+    their own targets, one Adam per module, one backward pass per loss, Polyak in a
+    Python loop. It starts from a copy of a SAC's weights: the test suite checks that
+    one step of each gives the same losses and parameters, which proves SAC.update's
+    fusions change nothing but the speed, and `train.py --benchmark` times both.
+    fp32, one shared temperature and an actor step on every update (the paper's)."""
+
+    def __init__(self, sac: SAC):
+        if sac.log_alpha.dim() or sac.actor_every != 1 or sac.critic.layer_norm:
+            raise ValueError("ReferenceSAC is the paper's update: one shared alpha, actor_every=1, no LayerNorm critics")
+        self.policy = copy.deepcopy(sac.policy)
+        self.critics = [self._member(sac.critic, i) for i in range(sac.critic.ensemble)]
+        self.targets = [self._member(sac.target_critic, i) for i in range(sac.critic.ensemble)]
+        self.log_alpha = sac.log_alpha.detach().clone().requires_grad_(True)
+        lr = sac.optimizer.param_groups[0]["lr"]
+        self.actor_modules = ([self.policy.net] if self.policy.baseline
+                              else [self.policy.state_encoder, self.policy.task_encoder, self.policy.decoder])
+        self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.critic_optimizers = [torch.optim.Adam(q.parameters(), lr=lr) for q in self.critics]
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
+        self.num_tasks, self.target_entropy = sac.critic.num_tasks, sac.target_entropy
+        self.gamma, self.tau, self.grad_clip = sac.gamma, sac.tau, sac.grad_clip
+        self.lte_noise, self.reward_scale = sac.lte_noise, sac.reward_scale
+
+    @staticmethod
+    def _member(critic: TwinCritic, i: int) -> torch.nn.Sequential:
+        """Critic i of a TwinCritic as an ordinary MLP with the same weights."""
+        layers = critic.layers
+        net = mlp(layers[0].weight.shape[1], [layer.weight.shape[2] for layer in layers[:-1]], 1)
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            for linear, stacked in zip(linears, layers):
+                linear.weight.copy_(stacked.weight[i].T)
+                linear.bias.copy_(stacked.bias[i, 0])
+        return net
+
+    def q(self, nets, obs, action, onehot) -> list[torch.Tensor]:
+        x = torch.cat([obs, action, onehot], dim=1)
+        return [net(x).squeeze(-1) for net in nets]
+
+    def update(self, b: dict) -> dict:
+        onehot = F.one_hot(b["task"], self.num_tasks).float()
+        # 1. temperature
+        new_action, log_prob = self.policy(b["obs"], b["task"], lte_noise=self.lte_noise)
+        alpha_loss = -(self.log_alpha * (log_prob + self.target_entropy).detach()).mean()
+        self.alpha_optimizer.zero_grad()
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        alpha = self.log_alpha.detach().exp()
+        # 2. target
+        with torch.no_grad():
+            next_action, next_log_prob = self.policy(b["next_obs"], b["task"])
+            next_q = torch.min(*self.q(self.targets, b["next_obs"], next_action, onehot))
+            y = self.reward_scale * b["reward"] + self.gamma * (1 - b["terminal"]) * (next_q - alpha * next_log_prob)
+        # 3. critic losses
+        critic_losses = [F.mse_loss(q, y) for q in self.q(self.critics, b["obs"], b["action"], onehot)]
+        # 4. actor loss
+        actor_loss = (alpha * log_prob - torch.min(*self.q(self.critics, b["obs"], new_action, onehot))).mean()
+        # 5. clipped Adam steps, each module on its own
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        for module in self.actor_modules:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
+        self.actor_optimizer.step()
+        for q, optimizer, loss in zip(self.critics, self.critic_optimizers, critic_losses):
+            optimizer.zero_grad()  # drops what the actor loss left in the critic
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(q.parameters(), self.grad_clip)
+            optimizer.step()
+        # 6. Polyak
+        with torch.no_grad():
+            for q, target in zip(self.critics, self.targets):
+                for p, p_target in zip(q.parameters(), target.parameters()):
+                    p_target.mul_(1 - self.tau).add_(self.tau * p)
+        return {"critic_loss": (critic_losses[0] + critic_losses[1]).detach() / 2,
+                "actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach()}

@@ -33,7 +33,8 @@ import envs
 import policy as policy_module
 import train
 from policy import build_networks, rollout
-from sac import SAC, Replay, clip_grad_norms_, resolve_precision
+import sac as sac_module
+from sac import SAC, ReferenceSAC, Replay, clip_grad_norms_, resolve_precision
 from train import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -372,6 +373,35 @@ def random_batch(n_per_task=8, tasks=4, seed=0):
             "task": torch.arange(tasks).repeat_interleave(n_per_task)}
 
 
+@pytest.mark.parametrize("grad_clip", [10.0, 0.05])  # 0.05: every module's gradient is clipped
+@pytest.mark.parametrize("baseline", [False, True])
+def test_fused_update_equals_the_textbook_update(grad_clip, baseline):
+    """SAC.update (one backward pass, stacked critics, fused Adam, foreach clipping and
+    Polyak) against sac.ReferenceSAC (separate critics and optimisers, one backward per
+    loss) from the same weights, batch and random draws: the same losses and the same
+    parameters after each of three steps, up to float rounding."""
+    sac = tiny_sac(grad_clip=grad_clip, baseline=baseline, precision="fp32")
+    reference = sac_module.ReferenceSAC(sac)
+    for step in range(3):
+        batch = random_batch(seed=step)
+        torch.manual_seed(100 + step)
+        ours = sac.update(batch)
+        torch.manual_seed(100 + step)
+        theirs = reference.update(batch)
+        for key in ("critic_loss", "actor_loss", "alpha_loss"):
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sac.log_alpha, reference.log_alpha, rtol=1e-6, atol=1e-7)
+        for (name, p), q in zip(sac.policy.named_parameters(), reference.policy.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        for i in range(2):
+            for ours_net, theirs_net in ((sac.critic, reference.critics[i]), (sac.target_critic, reference.targets[i])):
+                np.testing.assert_allclose(torch.cat([p.detach().flatten() for p in ReferenceSAC._member(ours_net, i).parameters()]),
+                                           torch.cat([p.detach().flatten() for p in theirs_net.parameters()]),
+                                           rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="paper's update"):
+        sac_module.ReferenceSAC(tiny_sac(alpha_per_task=True))
+
+
 def test_lse_and_lte_shapes_and_unit_norms():
     sac = tiny_sac()
     obs = torch.randn(5, 17)
@@ -515,14 +545,13 @@ def test_critic_layer_norm_normalises_every_hidden_layer():
 
 
 def test_paper_preset_is_the_papers_algorithm():
-    import train
     paper_epochs = {"halfcheetah-vel": 4000, "halfcheetah-runjump": 4000, "hopper-vel": 5000, "walker-vel": 5000, "ant-dir": 10000}
     for family, epochs in paper_epochs.items():
         cfg = train.preset("paper", family)
         ant = family == "ant-dir"
         assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
         assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
-        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.n_step, cfg.reward_scale) == (False, 1, False, 1, 1.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.reward_scale) == (False, 1, False, 1.0)
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
@@ -561,7 +590,6 @@ def test_auto_precision_follows_the_kernels_that_run(monkeypatch, tmp_path, caps
     """bf16 needs both the CPU's flags and a measured fast bf16 product: flags alone
     are not enough where torch's kernels are held to AVX2 (ONEDNN_MAX_CPU_ISA)."""
     import sac as sac_module
-    import train
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp32"
     fast_bf16 = {torch.float32: 1.0, torch.bfloat16: 0.4}
     emulated_bf16 = {torch.float32: 1.0, torch.bfloat16: 30.0}
@@ -588,7 +616,6 @@ def test_auto_precision_follows_the_kernels_that_run(monkeypatch, tmp_path, caps
 
 def test_threads_default_to_every_usable_core(tmp_path):
     import sac as sac_module
-    import train
     assert train.Config().threads == 0 and sac_module.resolve_threads(0) == len(os.sched_getaffinity(0))
     assert sac_module.resolve_threads(1) == 1
     trainer = train.Trainer(train.Config(env="hopper-vel", replay_per_task=100, **TINY_SIZES), str(tmp_path), "t",
@@ -671,9 +698,10 @@ def test_replay_is_task_balanced_fifo():
     replay = Replay(3, 5, 2, 1)
     for step in range(8):
         obs = np.array([[step, task] for task in range(3)], dtype=np.float32)
-        replay.add(obs, np.zeros((3, 1)), np.full(3, step), obs, np.zeros(3))
+        replay.add(obs, np.zeros((3, 1)), np.full(3, step), obs + 1, np.full(3, step % 2))
     assert replay.size == 5
     batch = replay.sample(50, torch.Generator().manual_seed(0))
+    assert torch.equal(batch["terminal"], batch["reward"] % 2) and torch.equal(batch["next_obs"], batch["obs"] + 1)
     assert torch.equal(torch.bincount(batch["task"]), torch.tensor([50, 50, 50]))
     assert torch.equal(batch["obs"][:, 1].long(), batch["task"])  # each task's rows from its own buffer
     assert batch["reward"].min() >= 3  # the oldest three were overwritten
@@ -814,15 +842,14 @@ def test_same_seed_same_evaluation(tmp_path):
 
 
 def test_atomic_save_keeps_the_old_file_on_failure(tmp_path):
-    import train
     path = str(tmp_path / "x.pt")
-    train.atomic_save({"a": torch.ones(2)}, path)
+    policy_module.atomic_save({"a": torch.ones(2)}, path)
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("boom")
     with pytest.raises(Exception):
-        train.atomic_save({"a": Unpicklable()}, path)
+        policy_module.atomic_save({"a": Unpicklable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
 
 
@@ -1078,7 +1105,6 @@ def test_shipped_checkpoints_load_and_reproduce():
     shipped = [n for n in sorted(os.listdir(folder)) if n.endswith(".pt") and not n.endswith(".latest.pt")] if os.path.isdir(folder) else []
     if not shipped:
         pytest.skip("no shipped checkpoints")
-    import train
     for name in shipped:
         data = torch.load(os.path.join(folder, name), weights_only=True)
         loaded = policy_module.load(os.path.join(folder, name))
@@ -1231,7 +1257,6 @@ def test_sac_baselines_resolve_precision_and_threads_for_this_machine(monkeypatc
     """A checkpoint records the machine it trained on; adaptation's SAC learners
     resolve precision, threads and device here instead of inheriting them."""
     import sac as sac_module
-    import train
     net = lte_sensitive_policy()
     net.config = {**net.config, "precision": "bf16", "threads": 1, "device": "cuda"}  # as if from an AMX/GPU machine
     built = []
@@ -1427,7 +1452,6 @@ def test_compose_without_runjump_checkpoint_is_a_note(analyze_checkpoints, tmp_p
 
 
 def test_evaluate_table_is_a_fresh_deterministic_evaluation(analyze_all, analyze_checkpoints):
-    import train
     out, stdout = analyze_all
     rows = list(csv.DictReader(open(out / "evaluate.csv")))
     assert sorted(row["checkpoint"] for row in rows) == ["halfcheetah-runjump.pt", "halfcheetah-vel-baseline.pt",
@@ -1575,7 +1599,6 @@ def test_train_benchmark_command_runs():
 def test_matmul_replay_records_every_product_of_an_update():
     """The benchmark's roof replays the products of the forward and the backward
     pass: a 2-layer critic and a 3-part actor do dozens of them per update."""
-    import train
     cfg = asdict(Config(**TINY_SIZES, precision="fp32"))
     policy, critic = build_networks(5, 2, 3, cfg)
     sac = SAC(policy, critic, 2, cfg)
@@ -1598,7 +1621,6 @@ def test_adapt_benchmark_quick_runs(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    import train
     cfg = train.parse_overrides(train.Config(), ["encoder_hidden=[8]", "decoder_hidden=[8]", "critic_hidden=[8]", "task_hidden=[8]"])
     trainer = train.Trainer(cfg, str(tmp_path), "nan", progress=False)
     losses = [{"critic_loss": torch.tensor(float("nan")), "alpha": torch.tensor(1.0)}]

@@ -49,12 +49,10 @@ Presets (Config below; every field can be overridden with --set field=value):
 
 from __future__ import annotations
 
-import csv
-import io
+import itertools
 import json
 import math
 import os
-import itertools
 import shutil
 import signal
 import socket
@@ -69,8 +67,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # benchmark only: se
 
 import envs
 from envs import ArgumentParser, fail
-from policy import CheckpointError, build_networks, read_checkpoint, rollout
-from sac import SAC, Replay, machine, resolve_precision, resolve_threads, usable_cores
+from policy import CheckpointError, atomic_save, atomic_write_text, build_networks, csv_text, read_checkpoint, rollout
+from sac import SAC, ReferenceSAC, Replay, machine, resolve_precision, resolve_threads, usable_cores
 
 
 @dataclass
@@ -98,7 +96,6 @@ class Config:
     actor_every: int = 1  # actor and temperature step once every that many critic steps (1 = the paper's)
     critic_layer_norm: bool = False  # LayerNorm after every hidden layer of the critics (not in the paper)
     reward_scale: float = 1.0
-    n_step: int = 1  # 1 = the paper's one-step target; n > 1 sums n rewards before bootstrapping
     batch_per_task: int = 32
     replay_per_task: int = 100_000
     precision: str = "auto"  # bf16 autocast where the CPU multiplies bf16 natively, else fp32 (sac.resolve_precision)
@@ -134,35 +131,8 @@ PRESETS = ("fast", "paper")
 
 
 # --------------------------------------------------------------------------
-# Files
+# Checkpoint contents
 # --------------------------------------------------------------------------
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`:
-    a crash mid-write leaves the previous file intact."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def csv_text(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def plain_tasks(tasks: list) -> list:
@@ -299,7 +269,7 @@ class Trainer:
                 obs_t = torch.as_tensor(self.obs, device=self.cfg.device)
                 action = policy(obs_t, task_ids)[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
-            self.replay.add(self.obs, action, reward, info["final_obs"], terminated, terminated | truncated)
+            self.replay.add(self.obs, action, reward, info["final_obs"], terminated)
             self.obs = next_obs
             self.env_steps += self.env.num_tasks
             self.episodes_finished += int(np.sum(terminated | truncated))
@@ -323,7 +293,7 @@ class Trainer:
         try:
             while not self.finished():
                 self.collect(cfg.steps_per_epoch)
-                losses = [self.sac.update(self.replay.sample(cfg.batch_per_task, self.generator, cfg.n_step, cfg.gamma))
+                losses = [self.sac.update(self.replay.sample(cfg.batch_per_task, self.generator))
                           for _ in range(cfg.updates_per_epoch)]
                 self.updates += cfg.updates_per_epoch
                 self.epoch += 1
@@ -387,60 +357,13 @@ def _progress(total: int, initial: int, enabled: bool):
 # --------------------------------------------------------------------------
 
 
-class PlainSAC:
-    """A SAC update written in the usual style, for the speed comparison only:
-    separate critic modules, one optimiser per module, Python-loop Polyak."""
-
-    def __init__(self, policy, obs_dim, act_dim, num_tasks, hidden, lr=3e-4):
-        from policy import mlp
-        import copy
-        self.policy = policy
-        in_dim = obs_dim + act_dim + num_tasks
-        self.q1, self.q2 = mlp(in_dim, hidden, 1), mlp(in_dim, hidden, 1)
-        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
-        self.log_alpha = torch.zeros(1, requires_grad=True)
-        self.opt_pi = torch.optim.Adam(policy.parameters(), lr=lr)
-        self.opt_q1 = torch.optim.Adam(self.q1.parameters(), lr=lr)
-        self.opt_q2 = torch.optim.Adam(self.q2.parameters(), lr=lr)
-        self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=lr)
-        self.num_tasks, self.target_entropy = num_tasks, -act_dim
-
-    def update(self, b):
-        import torch.nn.functional as F
-        onehot = F.one_hot(b["task"], self.num_tasks).float()
-        a_new, logp = self.policy(b["obs"], b["task"], lte_noise=0.02)
-        alpha_loss = -(self.log_alpha * (logp + self.target_entropy).detach()).mean()
-        self.opt_alpha.zero_grad(); alpha_loss.backward(); self.opt_alpha.step()
-        alpha = self.log_alpha.exp().item()
-        with torch.no_grad():
-            a_next, logp_next = self.policy(b["next_obs"], b["task"])
-            x_next = torch.cat([b["next_obs"], a_next, onehot], 1)
-            q_next = torch.min(self.q1_target(x_next), self.q2_target(x_next)).squeeze(-1) - alpha * logp_next
-            y = b["reward"] + 0.99 * (1 - b["terminal"]) * q_next
-        x = torch.cat([b["obs"], b["action"], onehot], 1)
-        q1_loss = F.mse_loss(self.q1(x).squeeze(-1), y)
-        q2_loss = F.mse_loss(self.q2(x).squeeze(-1), y)
-        x_new = torch.cat([b["obs"], a_new, onehot], 1)
-        pi_loss = (alpha * logp - torch.min(self.q1(x_new), self.q2(x_new)).squeeze(-1)).mean()
-        self.opt_pi.zero_grad(); pi_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 10); self.opt_pi.step()
-        self.opt_q1.zero_grad(); q1_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q1.parameters(), 10); self.opt_q1.step()
-        self.opt_q2.zero_grad(); q2_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.q2.parameters(), 10); self.opt_q2.step()
-        with torch.no_grad():
-            for q, qt in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                for p, pt in zip(q.parameters(), qt.parameters()):
-                    pt.mul_(0.995).add_(0.005 * p)
-        return {"critic_loss": q1_loss.item()}
-
-
 def benchmark(seconds: float = 10.0) -> dict:
     """Speed on HalfCheetah-Vel, measured on this machine (`machine`: CPU model and
     class). Per preset, in its own precision with its threads, then in fp32 (where
     that differs) and on one thread:
       updates_per_s         our SAC update
-      plain_updates_per_s   PlainSAC (fp32, same sizes, batch and threads, same run)
+      plain_updates_per_s   sac.ReferenceSAC, the textbook update (fp32, same weights, batch
+                            and threads, same run)
       matmul_share          the time of the update's matrix products alone (replayed
                             at the same shapes and precision) over the update's time:
                             1.0 would be the roof of this CPU for this update
@@ -469,9 +392,7 @@ def benchmark(seconds: float = 10.0) -> dict:
         sample = lambda: trainer.replay.sample(cfg.batch_per_task, trainer.generator)
         ours = _updates_per_second(trainer.sac.update, sample, seconds)
         roof = _matmul_roof_seconds(trainer.sac.update, sample())
-        policy, _ = build_networks(trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, trainer.cfg_dict)
-        plain = PlainSAC(policy, trainer.env.obs_dim, trainer.env.act_dim, trainer.env.num_tasks, cfg.critic_hidden)
-        plain_rate = _updates_per_second(plain.update, sample, seconds)
+        plain_rate = _updates_per_second(ReferenceSAC(trainer.sac).update, sample, seconds)
         row = {"preset": preset_name, "encoder_hidden": cfg.encoder_hidden, "task_hidden": cfg.task_hidden,
                "decoder_hidden": cfg.decoder_hidden, "critic_hidden": cfg.critic_hidden,
                "batch": cfg.batch_per_task * trainer.env.num_tasks, "obs_dim": trainer.env.obs_dim,
@@ -731,7 +652,7 @@ def parse_overrides(cfg: Config, items: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     envs.check_family(cfg.env)
     envs.training_tasks(cfg.env, cfg.task_set)
-    positive = ("n_step", "actor_every", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
+    positive = ("actor_every", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
                 "checkpoint_every", "batch_per_task", "replay_per_task", "lse_dim", "lte_dim")
     for key in positive:
         if getattr(cfg, key) < 1:
