@@ -105,9 +105,6 @@ FIRST_ROUND_SPAN = 0.75  # bracket round 1 reaches this fraction of angle(z_a, z
 MAX_ROUND = 10
 SAC_BATCH, SAC_WARMUP, SAC_EVAL_EVERY, SAC_EVAL_EPISODES, FINETUNE_ALPHA = 256, 1000, 1000, 3, 0.05
 FINAL_SEED = 1_000_000  # the final measurement's reset noise differs from every search episode's
-BENCHMARK_TASKS = {"halfcheetah-vel": [3.6, 7.2, 9.5, 0.5, 11.0], "hopper-vel": [0.3, 0.7, 1.5, 0.1, 2.5],
-                   "walker-vel": [0.3, 0.7, 1.5, 0.1, 2.5], "ant-dir": [77.0, 82.0, 97.0, 133.0, 201.0],
-                   "halfcheetah-runjump": [("run", 3.5), ("run", 6.5), ("jump", 3.0), ("run", 9.0)]}
 
 
 # --------------------------------------------------------------------------
@@ -479,7 +476,7 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
 
 def benchmark(policy, args) -> dict:
     rows = []
-    for task in BENCHMARK_TASKS[policy.env_name]:
+    for task in envs.FAMILIES[policy.env_name].test_tasks:
         reports = run_methods(policy, task, METHODS, args, quick=args.quick)
         cem = next(r for r in reports if r["method"] == "cem")
         for r in reports:

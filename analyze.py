@@ -114,10 +114,6 @@ from envs import ArgumentParser  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROG = "analyze.py"
-# (alpha = 0 task, alpha = 1 task): a neighbouring and a distant pair per family.
-DEFAULT_PAIRS = {"halfcheetah-vel": [("3", "4"), ("2", "8")], "hopper-vel": [("0.8", "1"), ("0.4", "1.6")],
-                 "walker-vel": [("0.8", "1"), ("0.4", "1.6")], "ant-dir": [("90", "105"), ("0", "90")],
-                 "halfcheetah-runjump": [("run:3", "run:4"), ("run:2", "run:6")]}
 SUBCOMMANDS = ("evaluate", "interpolate", "compose", "sphere", "equivariance", "curves", "render")
 _POLICY_CACHE: dict = {}
 STILL_DEG = 0.01  # an LSE turning less than this per step stands still: no orbit to score
@@ -327,7 +323,7 @@ def interpolate(args) -> dict:
     for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
         fam = envs.FAMILIES[family]
         pairs = []
-        for a_text, b_text in (args.pair or DEFAULT_PAIRS[family]):
+        for a_text, b_text in (args.pair or envs.FAMILIES[family].pairs):
             try:
                 ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
                 if target_of(family, policy.tasks[ia]) is None or target_of(family, policy.tasks[ib]) is None:
@@ -503,9 +499,9 @@ def sphere(args) -> dict:
     partner = np.random.default_rng(args.seed).permutation(len(directions))
     for family, policy in checkpoints(args, "sphere", list(envs.FAMILIES)):
         result, env = simulate(policy, family, directions, args)
-        planar, E = env.family.planar, policy.task_embeddings
+        fam, E = env.family, policy.task_embeddings
         b = env.behaviour(result)
-        diff = lambda x, y: np.abs(env.family.difference(x, y))
+        diff = lambda x, y: np.abs(fam.difference(x, y))
         spread = np.mean(diff(b, b[partner]))
         stats = {"directions": len(directions),
                  "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
@@ -514,17 +510,17 @@ def sphere(args) -> dict:
         stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
         stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
         panels = []
-        if planar:
+        if fam.kinds[0] == "run":  # a velocity per direction
             targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
             inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
             stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
             panels.append((b, "forward velocity (m/s)", "viridis"))
-            if family == "halfcheetah-runjump":
+            if fam.multi_modal:  # jump (and stand) tasks: how high each direction goes
                 panels.append((result["height_mean"], "mean root height (m)", "magma"))
             say(f"sphere {family}: {len(b)} directions give {b.min():.2f} to {b.max():.2f} m/s, "
                 f"{100 * inside.mean():.0f}% inside the trained range, neighbour ratio {stats['neighbour_ratio']:.2f} "
                 f"(0 smooth, 1 unstructured), nearest LTE is an adjacent task for {100 * stats['lte_nearest_is_adjacent_task']:.0f}%")
-        else:
+        else:  # a heading per direction
             speed = np.linalg.norm(result["velocity"], axis=1)
             sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
             stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
@@ -635,22 +631,10 @@ def _family_measure(family: str, metrics: dict) -> dict:
     measure = {"error": metrics["mean_error"], "worst_error": max(errors) if errors else float("nan"),
                "error_unit": envs.FAMILIES[family].error_unit, "fell": metrics["fell"],
                "speed_along": metrics.get("mean_speed_along", float("nan"))}
-    for kind in ("jump", "stand"):
+    for kind in envs.TASK_KINDS[1:]:  # jump, stand: one column each in every row
         heights = per_task(f"height[{kind}:")
         measure[f"{kind}_height"] = float(np.mean(heights)) if heights else float("nan")
     return measure
-
-
-def _measure_text(family: str, m: dict) -> str:
-    if not envs.FAMILIES[family].planar:
-        return f"heading error {m['error']:.1f}° (worst {m['worst_error']:.1f}°), {m['speed_along']:.2f} m/s along"
-    text = f"velocity error {m['error']:.3f} m/s (worst {m['worst_error']:.2f})"
-    if family == "halfcheetah-runjump":
-        text = "run " + text
-        for kind in ("jump", "stand"):
-            if np.isfinite(m[f"{kind}_height"]):
-                text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
-    return text
 
 
 def _fresh_evaluation(policy, args) -> dict:
@@ -687,7 +671,7 @@ def evaluate(args) -> dict:
         measures.append((family, measure))
         numbers[name[:-3]] = row
         say(f"evaluate {name}: {row['policy']}, {row['updates']} updates, {row['env_steps']} env steps, "
-            f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, {_measure_text(family, measure)}, "
+            f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, {envs.FAMILIES[family].describe(measure)}, "
             f"falls {measure['fell']:.0%}")
     if not rows:
         say(f"evaluate: no checkpoints in {args.checkpoints}; skipping")
@@ -697,7 +681,7 @@ def evaluate(args) -> dict:
              f"{args.episodes} episodes per task) | falls |", "|---|---|---|---|---|---|---|---|"]
     for row, (family, measure) in zip(rows, measures):  # unrounded measures: no double rounding
         lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
-                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {_measure_text(family, measure)} | "
+                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {envs.FAMILIES[family].describe(measure)} | "
                      f"{measure['fell']:.0%} |")
     policy_lib.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
     return numbers
@@ -1034,7 +1018,7 @@ def render(args) -> dict:
     if not found:
         return {}
     family, policy = found[0]
-    a_text, b_text = (args.pair or DEFAULT_PAIRS.get(family) or [(envs.task_label(policy.tasks[0]),) * 2])[0]
+    a_text, b_text = (args.pair or envs.FAMILIES[family].pairs or [(envs.task_label(policy.tasks[0]),) * 2])[0]
     try:
         ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
     except ValueError as error:

@@ -341,6 +341,11 @@ class Family:
     # The authors' batch per task and replay per task (None: 1e6 transitions shared by the tasks).
     paper_batch_per_task: int = 128
     paper_replay_per_task: int | None = None
+    # Unseen tasks of the adaptation benchmark (adapt.py --benchmark): inside the training
+    # range, then outside it; and the interpolation's default pairs of training tasks
+    # (alpha = 0, alpha = 1), a neighbouring and a distant one, as written on the command line.
+    test_tasks: tuple = ()
+    pairs: tuple = ()
 
     @property
     def error_unit(self) -> str:
@@ -369,6 +374,28 @@ class Family:
     def behaviour_tolerance(self) -> float:
         """The smallest step in behaviour counted as a move (0.05 m/s; 2 degrees of heading)."""
         return 0.05 if self.planar else 2.0
+
+    @property
+    def multi_modal(self) -> bool:
+        """Tasks of several kinds, written (kind, value): run, jump, stand."""
+        return len(self.kinds) > 1
+
+    @property
+    def kinds(self) -> tuple:
+        """The task kinds of the family's task sets, e.g. ("run",), ("dir",) or ("run", "jump", "stand")."""
+        found = [t[0] if isinstance(t, tuple) else self.number_kind for ts in self.task_sets.values() for t in ts]
+        return tuple(dict.fromkeys(found))
+
+    def describe(self, m: dict) -> str:
+        """One line of evaluation measures (analyze.py evaluate's): error, worst task, and
+        the family's own behaviour (speed along the direction; jump and stand heights)."""
+        if not self.planar:
+            return f"heading error {m['error']:.1f}° (worst {m['worst_error']:.1f}°), {m['speed_along']:.2f} m/s along"
+        text = ("run " if self.multi_modal else "") + f"velocity error {m['error']:.3f} m/s (worst {m['worst_error']:.2f})"
+        for kind in self.kinds[1:]:
+            if np.isfinite(m.get(f"{kind}_height", np.nan)):
+                text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
+        return text
 
     def difference(self, a, b):
         """a - b in the family's behaviour: plain for velocities, wrapped into [-180, 180) for headings."""
@@ -402,23 +429,28 @@ def _grid(start, stop, step):
 FAMILIES = {
     "halfcheetah-vel": Family(
         "halfcheetah-vel", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
-        {"default": [float(v) for v in range(1, 11)]}, "HalfCheetah-Vel", 4000, 20.0),
+        {"default": [float(v) for v in range(1, 11)]}, "HalfCheetah-Vel", 4000, 20.0,
+        test_tasks=(3.6, 7.2, 9.5, 0.5, 11.0), pairs=(("3", "4"), ("2", "8"))),
     "halfcheetah-runjump": Family(
         "halfcheetah-runjump", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
         {"default": [("run", float(v)) for v in range(1, 8)] + [("jump", w) for w in (1.0, 5.0, 10.0)],
          "four-motion": [("run", 0.5), ("run", 1.0), ("run", 3.0), ("run", 5.0), ("run", 7.0),
                          ("jump", 1.0), ("jump", 5.0), ("jump", 10.0), ("stand", 1.0), ("stand", 5.0)]},
-        "HalfCheetah-Run-Jump", 4000, 20.0),
+        "HalfCheetah-Run-Jump", 4000, 20.0,
+        test_tasks=(("run", 3.5), ("run", 6.5), ("jump", 3.0), ("run", 9.0)), pairs=(("run:3", "run:4"), ("run:2", "run:6"))),
     "hopper-vel": Family(
         "hopper-vel", HOPPER_XML, 4, 1, 10.0, "small", 1e-3, 1.05, _hopper_healthy,
-        {"default": _grid(0.2, 2.0, 0.2)}, "Hopper-Vel", 5000, 5.0),
+        {"default": _grid(0.2, 2.0, 0.2)}, "Hopper-Vel", 5000, 5.0,
+        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6"))),
     "walker-vel": Family(
         "walker-vel", WALKER_XML, 4, 1, 10.0, "small", 1e-3, 1.0, _walker_healthy,
-        {"default": _grid(0.2, 2.0, 0.2)}, "Walker-Vel", 5000, 5.0),
+        {"default": _grid(0.2, 2.0, 0.2)}, "Walker-Vel", 5000, 5.0,
+        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6"))),
     "ant-dir": Family(
         "ant-dir", ANT_XML, 5, 2, None, "cheetah", 0.5, 1.0, _ant_healthy,
         {"default": [float(d) for d in range(0, 360, 15)]}, "Ant-Dir", 10000, planar=False,
-        paper_batch_per_task=80, paper_replay_per_task=50_000),
+        paper_batch_per_task=80, paper_replay_per_task=50_000,
+        test_tasks=(77.0, 82.0, 97.0, 133.0, 201.0), pairs=(("90", "105"), ("0", "90"))),
 }
 TASK_SETS = {name: fam.task_sets for name, fam in FAMILIES.items()}
 TASK_KINDS = ("run", "jump", "stand")
@@ -469,11 +501,11 @@ def normalize_task(family: str, task):
     """Validate one task parameter and return it in canonical form
     (float velocity / direction in degrees, or a (kind, float) pair)."""
     fam = check_family(family)
-    if family == "halfcheetah-runjump":
+    if fam.multi_modal:
         if isinstance(task, str):
             return parse_task(family, task)
         if not (isinstance(task, (tuple, list)) and len(task) == 2 and task[0] in TASK_KINDS):
-            raise ValueError(f"halfcheetah-runjump tasks are (kind, value) pairs with kind in {TASK_KINDS}, got {task!r}")
+            raise ValueError(f"{family} tasks are (kind, value) pairs with kind in {TASK_KINDS}, got {task!r}")
         kind = task[0]
         value = _finite(task[1], f"{kind} value")
         if kind == "run" and abs(value) > fam.velocity_limit:
@@ -491,11 +523,10 @@ def normalize_task(family: str, task):
 
 def parse_task(family: str, text: str):
     """Parse a task from the command line: '4.5', '77' or 'run:3' / 'jump:5'."""
-    check_family(family)
-    if family == "halfcheetah-runjump":
+    if check_family(family).multi_modal:
         kind, sep, value = str(text).partition(":")
         if not sep or kind not in TASK_KINDS:
-            raise ValueError(f"halfcheetah-runjump tasks are written kind:value with kind in {', '.join(TASK_KINDS)} (e.g. run:3.5), got {text!r}")
+            raise ValueError(f"{family} tasks are written kind:value with kind in {', '.join(TASK_KINDS)} (e.g. run:3.5), got {text!r}")
         try:
             number = float(value)
         except ValueError:

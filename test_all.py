@@ -1315,6 +1315,30 @@ TINY_NETS = ["--set", "updates_per_epoch=10", "--set", "warmup_epochs=1", "--set
 TINY_BUDGET = ["--episodes", "1", "--directions", "20", "--steps", "50", "--alphas", "3", "--frames", "2", "--no-progress"]
 
 
+def test_a_new_family_is_one_record_in_envs(tmp_path, monkeypatch):
+    """A sixth family, defined here and nowhere else (a slow-walking hopper: a
+    record of envs.Family), trains, evaluates, adapts and interpolates through the
+    unchanged scripts: nothing outside envs.py decides anything by a family's name."""
+    hopper = envs.FAMILIES["hopper-vel"]
+    toy = envs.Family("toy-hopper", hopper.xml, 4, 1, 10.0, "small", 1e-3, 1.0, None,
+                      {"default": [0.1, 0.3, 0.5]}, "Toy-Hopper", 100, 2.0,
+                      test_tasks=(0.2, 0.4), pairs=(("0.1", "0.5"),))
+    monkeypatch.setitem(envs.FAMILIES, "toy-hopper", toy)
+    result = run_script("train.py", "--env", "toy-hopper", "--out", str(tmp_path), "--epochs", "2", *TINY_NETS)
+    assert result.returncode == 0, result.stderr
+    loaded = policy_module.load(str(tmp_path / "toy-hopper.pt"), env_name="toy-hopper")
+    assert loaded.tasks == [0.1, 0.3, 0.5] and envs.make("toy-hopper").num_tasks == 3
+    report = adapt.adapt(loaded, 0.2, budget_episodes=6)
+    assert report["episodes"] == 6 and "velocity" in report and math.isfinite(report["error"])
+    for command in (["evaluate"], ["interpolate"], ["sphere"]):
+        result = run_script("analyze.py", *command, "--env", "toy-hopper", "--checkpoints", str(tmp_path),
+                            "--out", str(tmp_path / "out"), *TINY_BUDGET)
+        assert result.returncode == 0, (command, result.stderr)
+    numbers = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "0.1->0.5" in numbers["interpolate"]["toy-hopper"] and numbers["sphere"]["toy-hopper"]["directions"] == 20
+    assert numbers["evaluate"]["toy-hopper"]["error_unit"] == "m/s"
+
+
 @pytest.fixture(scope="session")
 def analyze_checkpoints(tmp_path_factory):
     """Tiny untrained checkpoints and logs: HalfCheetah-Vel (EAR and baseline) and the
