@@ -9,6 +9,7 @@ as honest baselines, spends the same environment steps on SAC instead.
     python adapt.py --env ant-dir --task 77           # a direction in degrees
     python adapt.py --env halfcheetah-runjump --task run:3.5
     python adapt.py --task 7.2 --method all --out results/adapt-7.2.json --plot
+    python adapt.py --task 7.2 --prior none           # the search sees episode returns only
     python adapt.py --benchmark [--quick]             # test tasks 3.6, 7.2, 9.5 and 0.5, 11; every method
 
 Without --env the family is the checkpoint's; without --checkpoint it is
@@ -31,6 +32,10 @@ Methods (--method):
             nothing better. All candidates of a round run at once, one simulation each,
             with deterministic actions; a third of the budget goes to round 1, the rest
             to rounds of at most 10.
+  --prior none (every method sees returns only, as a meta-RL method does): bracket
+            never reads the task's value or kind and starts as for a task with no
+            bracket (every training LTE once, then the local search around the best);
+            finetune starts from the first training LTE. cem and scratch never read it.
   cem       the authors' search, exactly as their release runs it: 6 elites uniform on S^2; 10 rounds;
             each round 90 candidates = the elites tiled 15 times, all but the first 6
             perturbed by N(0, 0.5^2) and re-normalised; one stochastic 200-step episode
@@ -54,7 +59,8 @@ budget: the chosen LTE (or network) runs --eval-episodes deterministic episodes 
 parallel simulations with fresh reset noise.
 
 Report (printed; --out FILE writes it as JSON; with --method all, {"results": [...]}):
-  env, task, method, checkpoint, seed, extrapolates (task outside the training range)
+  env, task, method, prior, checkpoint, seed, extrapolates (task outside the training range;
+                        reported with either prior, used by the search with --prior task only)
   episodes, env_steps   cost of the adaptation: episodes run and env steps taken
   lte                   the LTE found (3 floats; finetune: its learned LTE; scratch: null)
   start_lte             the bracket interpolation (null when there is none)
@@ -99,6 +105,7 @@ from policy import CheckpointError, atomic_write_text, build_networks, load, rol
 from sac import cpu_class, machine, resolve_precision, resolve_threads
 
 METHODS = ("bracket", "cem", "scratch", "finetune")
+PRIORS = ("task", "none")  # what a search may know of the new task: its value, or nothing (rewards only)
 DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45}  # episodes
 CEM_ELITES, CEM_TILES, CEM_SIGMA = 6, 15, 0.5
 FIRST_ROUND_SPAN = 0.75  # bracket round 1 reaches this fraction of angle(z_a, z_b) beyond the start
@@ -140,6 +147,14 @@ def angle_between(a, b) -> float:
 
 def _kind_value(family: str, task):
     return task if isinstance(task, tuple) else (envs.FAMILIES[family].number_kind, float(task))
+
+
+def reward_only_prior(policy) -> dict:
+    """What a search knows with rewards only (--prior none): the training LTEs, not the
+    new task's value or kind. The bracket search then evaluates every training LTE
+    once and searches around the best; finetune starts from the first training LTE."""
+    E = policy.task_embeddings
+    return {"start": None, "line": None, "guess": E[0], "extrapolates": False, "reason": ""}
 
 
 def bracket_prior(policy, task) -> dict:
@@ -359,14 +374,18 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
 
 def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = None, seed: int = 0,
           cem_rounds: int | None = None, budget_steps: int | None = None, eval_episodes: int = 10,
-          warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY) -> dict:
+          warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY, prior: str = "task") -> dict:
     """Adapt a trained EAR policy to a new task; returns the report (module docstring).
 
     task: a velocity / direction, a (kind, value) pair, or its command-line text.
+    prior: "task" lets bracket and finetune start from the task's value (the training
+    tasks that bracket it); "none" gives every method the episode returns only.
     budget_episodes: search episodes (bracket 45, cem 900 = 10 rounds of 90; scratch and
     finetune get budget_episodes x 200 env steps unless budget_steps is given)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(PRIORS)}")
     if policy.baseline or not policy.env_name:
         raise ValueError("adaptation needs an EAR policy loaded with policy.load (env_name and task embeddings)")
     parse = envs.parse_task if isinstance(task, str) else envs.normalize_task
@@ -376,25 +395,27 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         raise ValueError("budgets and the number of evaluation episodes must be at least 1")
     start_time = time.perf_counter()
     policy.eval()
-    prior, rng = bracket_prior(policy, task), np.random.default_rng(seed)
+    where = bracket_prior(policy, task)  # the report says whether the task extrapolates either way
+    search_prior = where if prior == "task" else reward_only_prior(policy)
+    rng = np.random.default_rng(seed)
     if method in ("bracket", "cem"):
         tally = Tally(policy, task, seed)
         if method == "cem":
             rounds = cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES))
             lte = search_cem(tally, rng, rounds)
         else:
-            lte = search_bracket(tally, policy, prior, rng, budget)
+            lte = search_bracket(tally, policy, search_prior, rng, budget)
         net, net_input = policy, lte
         cost = {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
     else:
         steps = budget_steps if budget_steps is not None else budget * envs.MAX_STEPS
-        net, lte, cost = train_sac(policy, task, method, int(steps), seed, prior, warmup_steps, eval_every)
+        net, lte, cost = train_sac(policy, task, method, int(steps), seed, search_prior, warmup_steps, eval_every)
         net.env_name = policy.env_name
         net_input = 0 if lte is None else lte
     report = {"env": policy.env_name, "task": list(task) if isinstance(task, tuple) else task, "method": method,
-              "seed": seed, "extrapolates": prior["extrapolates"], **cost,
+              "prior": prior, "seed": seed, "extrapolates": where["extrapolates"], **cost,
               "lte": None if lte is None else [float(v) for v in lte],
-              "start_lte": None if prior["start"] is None else [float(v) for v in prior["start"]]}
+              "start_lte": None if search_prior["start"] is None else [float(v) for v in search_prior["start"]]}
     report.update(measure(net, task, net_input, eval_episodes, FINAL_SEED + seed))
     report["eval_episodes"] = eval_episodes
     report["wall_clock_s"] = round(time.perf_counter() - start_time, 3)
@@ -415,7 +436,8 @@ def describe(report: dict) -> str:
         achieved = f"velocity {report['velocity']:.3f} m/s (error {report['error']:.3f} m/s)"
     else:
         achieved = f"velocity {report['velocity']:.3f} m/s, mean height {report.get('height', float('nan')):.3f}"
-    return (f"{report['env']} task {label}, method {report['method']}:\n"
+    prior = " (returns only: --prior none)" if report.get("prior") == "none" and report["method"] in ("bracket", "finetune") else ""
+    return (f"{report['env']} task {label}, method {report['method']}{prior}:\n"
             f"  LTE found   {lte}\n"
             f"  achieved    {achieved}, return {report['return']:.1f} "
             f"(mean of {report['eval_episodes']} deterministic episodes)\n"
@@ -458,7 +480,7 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
     """Run methods in order; SAC baselines get the env steps the bracket search used."""
     reports, steps = [], None
     for method in methods:
-        options = {"seed": args.seed, "eval_episodes": args.eval_episodes}
+        options = {"seed": args.seed, "eval_episodes": args.eval_episodes, "prior": getattr(args, "prior", "task")}
         if method == "bracket":
             options["budget_episodes"] = args.budget or (9 if quick else None)
         elif method == "cem":
@@ -520,6 +542,8 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", type=int, default=None,
                         help="bracket search episodes, unset: 45 (scratch/finetune: x200 env steps; cem: see --rounds)")
     parser.add_argument("--rounds", type=int, default=None, help="cem rounds of 90 episodes, unset: 10")
+    parser.add_argument("--prior", default="task", choices=PRIORS,
+                        help="task: bracket and finetune start from the task's value; none: returns only")
     parser.add_argument("--eval-episodes", type=int, default=10, help="deterministic episodes of the final measurement")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--out", default=None,

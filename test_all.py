@@ -1225,6 +1225,26 @@ def test_bracket_beats_a_random_embedding_on_a_short_budget():
     assert np.dot(report["lte"], BEST_LTE) > math.cos(0.3)  # within 0.3 rad of the best LTE
 
 
+def test_reward_only_search_never_reads_the_task_value(monkeypatch):
+    """--prior none: the same search result when the task's value is replaced by one
+    that contradicts its reward (9.9 for a 4.5 m/s task); --prior task does read it."""
+    net = lte_sensitive_policy()
+    options = {"bracket": dict(budget_episodes=15, eval_episodes=2),
+               "finetune": dict(budget_steps=400, warmup_steps=200, eval_every=200, eval_episodes=2)}
+    honest = {m: adapt.adapt(net, 4.5, m, prior="none", **options[m]) for m in options}
+    told = adapt.adapt(net, 4.5, "bracket", prior="task", **options["bracket"])
+    monkeypatch.setattr(adapt, "_kind_value", lambda family, task: ("run", 9.9 if task == 4.5 else float(task)))
+    for method, report in honest.items():
+        lied = adapt.adapt(net, 4.5, method, prior="none", **options[method])
+        assert lied["lte"] == report["lte"] and lied["return"] == report["return"], method
+        assert lied["prior"] == "none" and lied["start_lte"] is None
+    misled = adapt.adapt(net, 4.5, "bracket", prior="task", **options["bracket"])
+    assert misled["start_lte"] != told["start_lte"]  # the value-prior search does follow the value
+    assert honest["bracket"]["episodes"] == 15 and honest["bracket"]["curve"][0]["episodes"] == len(TASKS)
+    with pytest.raises(ValueError, match="unknown prior"):
+        adapt.adapt(net, 4.5, prior="oracle")
+
+
 def test_cli_json_report_round_trips(tmp_path, capsys):
     path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
     out = tmp_path / "sub" / "result.json"
