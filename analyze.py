@@ -2,6 +2,7 @@
 
     python analyze.py all                       # every figure and table in results/ (< 15 min, 2 cores)
     python analyze.py ablation --runs runs/ablation   # the LTE-noise / LTE-dimension ablation
+    python analyze.py seeds --runs runs/sweep         # a sweep's seeds, with 95% intervals
     python analyze.py interpolate --pair 3 4    # one subcommand; --help on each lists the flags
     python analyze.py sphere --env ant-dir --directions 200 --checkpoints DIR --out DIR
 
@@ -26,10 +27,19 @@ ablation  (LTE noise on/off, LTE dimension 3 vs 8; not part of `all`)
     For every run folder in --runs holding a halfcheetah-vel.pt (trained with
     `train.py --out RUNS/NAME --seed S --set lte_noise=... --set lte_dim=...`): the
     training error as in `evaluate` and the interpolation R^2 against the targets
-    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min
-    and max over the seeds of each (lte_noise, lte_dim) setting. Writes
+    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min,
+    max and the 95% bootstrap interval of the mean (as `seeds`) over the seeds of
+    each (lte_noise, lte_dim) setting; `train.py --sweep` makes such a folder. Writes
     ablation.csv (one row per run: its training budget in updates, from its .json, and
     the updates at the saved best epoch that is evaluated) and ablation.png.
+seeds  (several seeds of each configuration; not part of `all`)
+    For a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME), or
+    any folder of train.py runs: the runs grouped by configuration (every Config
+    field but seed, threads, precision, device), each configuration's final and best
+    mean error and mean return as mean and interquartile mean over its seeds, each
+    with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
+    per-seed values and, with --reach, the wall-clock to each error level. Writes
+    seeds.md, seeds.csv and seeds.png into that folder (or --out).
 interpolate  (paper Sec. 5.2, zero-shot interpolation)
     For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
     to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
@@ -739,8 +749,10 @@ def ablation(args) -> dict:
         stats = {"seeds": [row["seed"] for row in members]}
         for ax, column in zip(axes, columns):
             values = np.array([np.nan if row[column] is None else row[column] for row in members], dtype=float)
+            interval = seed_statistics(values, seed=args.seed)  # the 95% bootstrap interval over seeds
             stats[column] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
-                             "min": float(np.nanmin(values)), "max": float(np.nanmax(values))}
+                             "min": float(np.nanmin(values)), "max": float(np.nanmax(values)),
+                             "mean_low": interval["mean_low"], "mean_high": interval["mean_high"]}
             ax.bar(s, stats[column]["mean"], color=f"C{s}", alpha=0.5)
             ax.plot([s] * len(values), values, "ko", ms=4)
         numbers["settings"][label] = stats
