@@ -65,6 +65,12 @@ compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
     --airborne-height (0.2 m: a level torso is then 0.9 m up, out of reach of the
     ~0.6 m legs; a rearing cheetah can pass it with a hind foot down, so read it
     as "high" rather than strictly airborne).
+    Then every mixing weight of --alphas in [0, 1], by nlerp and by slerp, for run +
+    jump and run + stand (compose_sweep[_NAME].png/csv, summary key mixing_sweep):
+    the same measures and the torso pitch (nose-up angle -qpos[2], degrees), which
+    weights compose (at least half the run task's velocity while airborne on 30% of
+    steps, or for stand a mean pitch of 30 degrees), the two LTEs' angle and the
+    training tasks whose LTEs lie nearest along the path.
 sphere  (the paper's self-organised LTE space, Sec. 5.2)
     The trained LTEs on S^2 and --directions Fibonacci-lattice directions, one
     rollout each, coloured by the velocity (Ant: heading, and speed) they produce.
@@ -491,6 +497,84 @@ def _compose_one(args, path: str, family: str, suffix: str) -> dict:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     stem = f"compose_{suffix}" if suffix else "compose"
+    _save(fig, os.path.join(args.out, f"{stem}.png"))
+    write_csv(os.path.join(args.out, f"{stem}.csv"), rows)
+    numbers["mixing_sweep"] = _mixing_sweep(args, policy, family, run, [o for o in others if o is not None],
+                                            f"{stem}_sweep", settled)
+    return numbers
+
+
+REAR_DEG = 30.0  # a stand mix "rears" when the torso's mean pitch is at least this far nose-up
+
+
+def _mixing_sweep(args, policy, family: str, run: int, others: list, stem: str, settled: int) -> dict:
+    """Run + jump (and run + stand) at every mixing weight alpha of --alphas in [0, 1],
+    by nlerp and by slerp: forward velocity, mean and peak root height, airborne
+    fraction and torso pitch (nose-up angle, -qpos[2], in degrees) over the same steps
+    as the velocity. A mix composes when it keeps at least half the run task's
+    velocity while airborne on at least 30% of steps (jump) or rearing, mean pitch
+    >= REAR_DEG (stand)."""
+    E, label = policy.task_embeddings, (lambda i: envs.task_label(policy.tasks[i]))
+    alphas, episodes = np.linspace(0.0, 1.0, args.alphas), args.episodes
+    methods = {"nlerp": nlerp, "slerp": slerp}
+    ltes = np.array([fn(E[run], E[o], a) for o in others for fn in methods.values() for a in alphas])
+    result, _ = simulate(policy, family, np.repeat(ltes, episodes, axis=0), args, record=True)
+    shape = (len(others), len(methods), len(alphas), episodes)
+    heights = result["height_steps"][settled:].reshape(-1, *shape)
+    pitch = np.degrees(-result["obs"][settled:, :, 1]).reshape(-1, *shape)  # obs = qpos[1:] ‖ qvel: [1] is qpos[2]
+    velocity = result["velocity"].reshape(shape).mean(-1)
+    measures = {"velocity": velocity, "height_mean": np.nanmean(heights, axis=(0, -1)),
+                "height_peak": np.nanmean(np.nanmax(heights, axis=0), axis=-1),
+                "airborne_fraction": np.nanmean(heights > args.airborne_height, axis=(0, -1)),
+                "pitch_mean_deg": np.nanmean(pitch, axis=(0, -1)), "pitch_peak_deg": np.nanmean(np.nanmax(pitch, axis=0), axis=-1)}
+    numbers, rows = {"alphas": alphas.tolist(), "rear_deg": REAR_DEG}, []
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.9))
+    for p, other in enumerate(others):
+        kind, name = policy.tasks[other][0], f"{label(run)} + {label(other)}"
+        run_velocity = float(velocity[p, 0, 0])  # alpha = 0 is the run task itself
+        # Where the path runs on the sphere: the two LTEs' angle, and along the nlerp
+        # path the nearest training LTE (which task's region the mix falls into).
+        path = np.array([nlerp(E[run], E[other], a) for a in alphas])
+        to_trained = np.degrees(np.arccos(np.clip(path @ E.T, -1.0, 1.0)))
+        pair = {"angle_deg": float(np.degrees(np.arccos(np.clip(E[run] @ E[other], -1.0, 1.0)))),
+                "path_farthest_from_training_deg": float(to_trained.min(1).max()),
+                "path_nearest_task": [label(i) for i in to_trained.argmin(1)]}
+        for m, method in enumerate(methods):
+            series = {k: v[p, m].tolist() for k, v in measures.items()}
+            moving = velocity[p, m] >= 0.5 * run_velocity
+            doing = (measures["airborne_fraction"][p, m] >= 0.3 if kind == "jump"
+                     else measures["pitch_mean_deg"][p, m] >= REAR_DEG)
+            composes = moving & doing & (alphas > 0) & (alphas < 1)
+            score = measures["airborne_fraction"][p, m] if kind == "jump" else measures["pitch_mean_deg"][p, m]
+            best = int(np.argmax(np.where(moving & (alphas < 1), score, -np.inf)))
+            series.update(composes_at=[float(a) for a in alphas[composes]],
+                          best_moving_alpha=float(alphas[best]))
+            pair[method] = series
+            rows += [{"pair": name, "method": method, "alpha": round(float(a), 4),
+                      **{k: round(float(v[p, m, i]), 4) for k, v in measures.items()}, "episodes": episodes}
+                     for i, a in enumerate(alphas)]
+            say(f"compose sweep {name} {method}: composes at alpha {series['composes_at'] or 'none'}; "
+                f"moving (>= {0.5 * run_velocity:.2f} m/s) and most {'airborne' if kind == 'jump' else 'reared'} at "
+                f"alpha {alphas[best]:.2f}: {velocity[p, m, best]:.2f} m/s, airborne "
+                f"{100 * measures['airborne_fraction'][p, m, best]:.0f}%, pitch {measures['pitch_mean_deg'][p, m, best]:.0f} deg")
+            style = "-" if method == "nlerp" else "--"
+            for ax, key, title in zip(axes, ("velocity", "height_mean", "airborne_fraction", "pitch_mean_deg"),
+                                      ("forward velocity (m/s)", "mean root height (m)",
+                                       f"airborne fraction (z > {args.airborne_height:g} m)", "mean torso pitch (deg, nose up)")):
+                ax.plot(alphas, measures[key][p, m], style, marker="o", ms=3, color=f"C{p}", label=f"{name}, {method}")
+                ax.set(xlabel=f"mixing weight α (0: {label(run)})", title=title)
+        say(f"compose sweep {name}: the LTEs are {pair['angle_deg']:.0f} deg apart; the nlerp path passes "
+            f"{' -> '.join(dict.fromkeys(pair['path_nearest_task']))} and strays up to "
+            f"{pair['path_farthest_from_training_deg']:.0f} deg from every training LTE")
+        numbers[name] = pair
+    axes[0].axhline(0.5 * float(velocity[0, 0, 0]), color="gray", ls=":", lw=0.8, label="half the run task's velocity")
+    axes[2].axhline(0.3, color="gray", ls=":", lw=0.8)
+    axes[3].axhline(REAR_DEG, color="gray", ls=":", lw=0.8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{envs.FAMILIES[family].title}: composing the run LTE with the others, every mixing weight "
+                 f"({episodes} deterministic episodes each, steps {settled}-{envs.MAX_STEPS})", fontsize=10)
     _save(fig, os.path.join(args.out, f"{stem}.png"))
     write_csv(os.path.join(args.out, f"{stem}.csv"), rows)
     return numbers

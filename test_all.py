@@ -1550,6 +1550,16 @@ def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
     assert "run:3 + stand:5" in compose and "run:3 + stand:5" in compose["four-motion"]
     assert compose["four-motion"]["run:3"] == compose["run:3"]  # the same policy, the same seeds
     assert {"compose.png", "compose_four-motion.png", "compose_four-motion.csv"} <= set(os.listdir(tmp_path / "out"))
+    # Every mixing weight, by nlerp and slerp, for run + jump and run + stand.
+    sweep = compose["mixing_sweep"]
+    assert sweep["alphas"] == [0.0, 0.5, 1.0] and set(sweep) == {"alphas", "rear_deg", "run:3 + jump:10", "run:3 + stand:5"}
+    for pair in ("run:3 + jump:10", "run:3 + stand:5"):
+        assert sweep[pair]["path_nearest_task"][0] == "run:3" and sweep[pair]["path_nearest_task"][-1] == pair.split(" + ")[1]
+        for method in ("nlerp", "slerp"):
+            series = sweep[pair][method]
+            assert len(series["velocity"]) == 3 and all(0 <= f <= 1 for f in series["airborne_fraction"])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "compose_sweep.csv")))
+    assert len(rows) == 2 * 2 * 3 and {"pitch_mean_deg", "height_peak", "airborne_fraction"} <= set(rows[0])
 
 
 @pytest.mark.parametrize("case", ["unknown", "no-dir", "not-a-number", "missing-env", "bad-family",
