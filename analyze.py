@@ -333,75 +333,107 @@ def _save(fig, path: str) -> None:
 # --------------------------------------------------------------------------
 
 
+def interpolation_pairs(policy, family: str, texts, problems: list) -> list:
+    """Training-task index pairs (alpha = 0, alpha = 1) from their command-line texts;
+    a pair that is not two run tasks of the checkpoint is skipped and noted in `problems`."""
+    pairs = []
+    for a_text, b_text in texts:
+        try:
+            ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
+            if target_of(family, policy.tasks[ia]) is None or target_of(family, policy.tasks[ib]) is None:
+                raise ValueError("both tasks must have a velocity target (run tasks)")
+        except ValueError as error:
+            problems.append(f"{family} {a_text}->{b_text}: {error}")
+            say(f"interpolate {family}: skipping pair {a_text}->{b_text} ({error})")
+            continue
+        pairs.append((ia, ib))
+    return pairs
+
+
+def interpolation(policy, family: str, pairs: list, args) -> dict:
+    """The numbers of interpolate for one checkpoint (no files): per pair "a->b" and per
+    "method_actions", the behaviour at every alpha (mean and std over --episodes), the
+    linear prediction, R^2 against targets and endpoints, monotonicity."""
+    fam = envs.FAMILIES[family]
+    E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
+    methods = {"nlerp": nlerp, "slerp": slerp}
+    ltes = np.array([fn(E[ia], E[ib], a) for ia, ib in pairs for fn in methods.values() for a in alphas])
+    tiled = np.repeat(ltes, episodes, axis=0)  # parallel simulations as repeated episodes
+    values = {}
+    for mode in ("deterministic", "stochastic"):
+        result, env = simulate(policy, family, tiled, args, deterministic=mode == "deterministic")
+        values[mode] = env.behaviour(result).reshape(len(pairs), len(methods), len(alphas), episodes)
+    numbers = {}
+    for p, (ia, ib) in enumerate(pairs):
+        ta, tb = policy.tasks[ia], policy.tasks[ib]
+        va, vb = target_of(family, ta), target_of(family, tb)
+        span = float(fam.difference(vb, va))
+        predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
+        pair = {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb), "alphas": alphas.tolist(),
+                "linear_prediction": predicted.tolist()}
+        for m, method in enumerate(methods):
+            for mode in ("deterministic", "stochastic"):
+                v = predicted[:, None] + fam.difference(values[mode][p, m], predicted[:, None])  # headings unwrapped
+                mean, std = v.mean(axis=1), v.std(axis=1)
+                ends = mean[0] + alphas * (mean[-1] - mean[0])
+                steps = np.diff(mean) * np.sign(span if span else 1.0)
+                pair[f"{method}_{mode}"] = {
+                    "alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(), "std": std.tolist(),
+                    "r2_targets": r_squared(mean, predicted), "r2_endpoints": r_squared(mean, ends),
+                    "monotonic": bool(np.all(steps > -fam.behaviour_tolerance)),
+                    "fraction_steps_forward": float(np.mean(steps > 0))}
+        numbers[f"{envs.task_label(ta)}->{envs.task_label(tb)}"] = pair
+    return numbers
+
+
+def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> None:
+    fam = envs.FAMILIES[family]
+    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
+    for ax, (name, pair) in zip(axes[0], numbers.items()):
+        alphas, predicted = np.array(pair["alphas"]), np.array(pair["linear_prediction"])
+        ax.plot(alphas, predicted, "k--", lw=1, label="linear prediction (1-α)·v_a + α·v_b")
+        for method in ("nlerp", "slerp"):
+            color = "C0" if method == "nlerp" else "C1"
+            for mode, style in (("deterministic", "-"), ("stochastic", ":")):
+                mean, std = np.array(pair[f"{method}_{mode}"]["values"]), np.array(pair[f"{method}_{mode}"]["std"])
+                ax.plot(alphas, mean, style, color=color, marker="o" if style == "-" else None, ms=3,
+                        label=f"{method}, {mode} actions")
+                ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
+        ax.plot([0, 1], [predicted[0], predicted[-1]], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
+        ax.set(title=f"{fam.title}: {pair['alpha0_task']} (α=0) → {pair['alpha1_task']} (α=1)",
+               xlabel="interpolation weight α", ylabel=fam.behaviour_label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Zero-shot LTE interpolation, mean ± std over {episodes} episodes", fontsize=10)
+    _save(fig, path)
+
+
 def interpolate(args) -> dict:
     """Sweep nlerp and slerp between pairs of training LTEs; plot behaviour against alpha."""
     numbers, problems = {}, []
     for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
-        fam = envs.FAMILIES[family]
-        pairs = []
-        for a_text, b_text in (args.pair or envs.FAMILIES[family].pairs):
-            try:
-                ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
-                if target_of(family, policy.tasks[ia]) is None or target_of(family, policy.tasks[ib]) is None:
-                    raise ValueError("both tasks must have a velocity target (run tasks)")
-            except ValueError as error:
-                problems.append(f"{family} {a_text}->{b_text}: {error}")
-                say(f"interpolate {family}: skipping pair {a_text}->{b_text} ({error})")
-                continue
-            pairs.append((ia, ib))
+        pairs = interpolation_pairs(policy, family, args.pair or envs.FAMILIES[family].pairs, problems)
         if not pairs:
             continue
-        E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
-        methods = {"nlerp": nlerp, "slerp": slerp}
-        ltes = np.array([fn(E[ia], E[ib], a) for ia, ib in pairs for fn in methods.values() for a in alphas])
-        tiled = np.repeat(ltes, episodes, axis=0)  # parallel simulations as repeated episodes
-        values = {}
-        for mode in ("deterministic", "stochastic"):
-            result, env = simulate(policy, family, tiled, args, deterministic=mode == "deterministic")
-            values[mode] = env.behaviour(result).reshape(len(pairs), len(methods), len(alphas), episodes)
-        fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
-        rows, family_numbers = [], {}
-        for p, (ia, ib) in enumerate(pairs):
-            ta, tb = policy.tasks[ia], policy.tasks[ib]
-            va, vb = target_of(family, ta), target_of(family, tb)
-            span = float(fam.difference(vb, va))
-            predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
-            name = f"{envs.task_label(ta)}->{envs.task_label(tb)}"
-            ax, pair_numbers = axes[0, p], {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb)}
-            ax.plot(alphas, predicted, "k--", lw=1, label="linear prediction (1-α)·v_a + α·v_b")
-            for m, method in enumerate(methods):
-                for mode, style in (("deterministic", "-"), ("stochastic", ":")):
-                    v = values[mode][p, m]
-                    v = predicted[:, None] + fam.difference(v, predicted[:, None])  # headings unwrapped
-                    mean, std = v.mean(axis=1), v.std(axis=1)
-                    ends = mean[0] + alphas * (mean[-1] - mean[0])
-                    steps = np.diff(mean) * np.sign(span if span else 1.0)
-                    stats = {"alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(),
-                             "std": std.tolist(), "r2_targets": r_squared(mean, predicted),
-                             "r2_endpoints": r_squared(mean, ends), "monotonic": bool(np.all(steps > -fam.behaviour_tolerance)),
-                             "fraction_steps_forward": float(np.mean(steps > 0))}
-                    pair_numbers[f"{method}_{mode}"] = stats
-                    color = "C0" if method == "nlerp" else "C1"
-                    ax.plot(alphas, mean, style, color=color, marker="o" if style == "-" else None, ms=3,
-                            label=f"{method}, {mode} actions")
-                    ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
+        family_numbers, rows = interpolation(policy, family, pairs, args), []
+        unit = envs.FAMILIES[family].error_unit
+        for name, pair in family_numbers.items():
+            predicted = pair["linear_prediction"]
+            for method in ("nlerp", "slerp"):
+                for mode in ("deterministic", "stochastic"):
+                    stats = pair[f"{method}_{mode}"]
                     say(f"interpolate {family} {name} {method} {mode}: alpha 0.5 gives "
-                        f"{stats['alpha_0.5']:.2f} {fam.error_unit} (line {va + 0.5 * span:.2f}), R^2 "
+                        f"{stats['alpha_0.5']:.2f} {unit} (line {np.interp(0.5, pair['alphas'], predicted):.2f}), R^2 "
                         f"{stats['r2_targets']:.2f} vs targets, {stats['r2_endpoints']:.2f} vs endpoints, "
                         f"{'monotonic' if stats['monotonic'] else 'not monotonic'}")
                     rows += [{"env": family, "pair": name, "method": method, "actions": mode, "alpha": round(a, 4),
                               "mean": round(float(mu), 4), "std": round(float(sd), 4),
-                              "linear_prediction": round(float(pr), 4), "episodes": episodes}
-                             for a, mu, sd, pr in zip(alphas, mean, std, predicted)]
-            ax.plot([0, 1], [va, va + span], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
-            ax.set(title=f"{envs.FAMILIES[family].title}: {envs.task_label(ta)} (α=0) → {envs.task_label(tb)} (α=1)",
-                   xlabel="interpolation weight α", ylabel=fam.behaviour_label)
-            ax.grid(alpha=0.3)
-            family_numbers[name] = pair_numbers
-        axes[0, 0].legend(fontsize=7, loc="best")
-        fig.suptitle(f"Zero-shot LTE interpolation, mean ± std over {episodes} episodes", fontsize=10)
-        _save(fig, os.path.join(args.out, f"interpolate_{family}.png"))
+                              "linear_prediction": round(float(pr), 4), "episodes": args.episodes}
+                             for a, mu, sd, pr in zip(pair["alphas"], stats["values"], stats["std"], predicted)]
+        draw_interpolation(family, family_numbers, args.episodes, os.path.join(args.out, f"interpolate_{family}.png"))
         write_csv(os.path.join(args.out, f"interpolate_{family}.csv"), rows)
+        for pair in family_numbers.values():  # the summary keeps what it always held
+            pair.pop("alphas"), pair.pop("linear_prediction")
         numbers[family] = family_numbers
     if args.pair and not numbers and problems:
         _fail(f"interpolate --pair {problems[0]}")
@@ -804,9 +836,7 @@ def ablation(args) -> dict:
         folder = os.path.join(args.runs, run)
         policy = _load(os.path.join(folder, f"{family}.pt"), family)
         metrics = _fresh_evaluation(policy, args)
-        sub = argparse.Namespace(**{**vars(args), "checkpoints": folder, "out": folder, "env": [family],
-                                    "pair": ABLATION_PAIRS})
-        curves_of_pairs = interpolate(sub)[family]
+        curves_of_pairs = interpolation(policy, family, interpolation_pairs(policy, family, ABLATION_PAIRS, []), args)
         cfg = policy.config
         budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
         summary_path = os.path.join(folder, f"{family}.json")

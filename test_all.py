@@ -1533,6 +1533,7 @@ def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
     errors = [float(row["error"]) for row in rows[:2]]
     assert abs(three["error"]["mean"] - np.mean(errors)) < 1e-3
     assert (tmp_path / "out" / "ablation.png").exists()
+    assert not list(runs.glob("*/interpolate_*"))  # the ablation writes only its own files
     assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
     assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
 
