@@ -38,7 +38,8 @@ seeds  (several seeds of each configuration; not part of `all`)
     field but seed, threads, precision, device), each configuration's final and best
     mean error and mean return as mean and interquartile mean over its seeds, each
     with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
-    per-seed values and, with --reach, the wall-clock to each error level. Writes
+    per-seed values and, with --reach, the wall-clock to each error level ("final":
+    the mean of each run's last --last evaluations, default 1). Writes
     seeds.md, seeds.csv and seeds.png into that folder (or --out).
 interpolate  (paper Sec. 5.2, zero-shot interpolation)
     For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
@@ -970,9 +971,10 @@ def seeds(args) -> dict:
         for run in members:
             log = run["log"]
             errors = log["mean_error"][np.isfinite(log["mean_error"])]
-            values = {"final_error": float(log["mean_error"][-1]) if len(log["mean_error"]) else math.nan,
+            last = slice(-args.last, None)  # "final": the mean of the last --last evaluations
+            values = {"final_error": float(np.mean(log["mean_error"][last])) if len(log["mean_error"]) else math.nan,
                       "best_error": float(errors.min()) if len(errors) else math.nan,
-                      "final_return": float(log["mean_return"][-1]) if len(log["mean_return"]) else math.nan,
+                      "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
                       "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan}
             values.update({f"time_to_{level:g}": time_to(log, level) for level in levels})
             per_run.append(values)
@@ -1028,8 +1030,9 @@ def seeds(args) -> dict:
               + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(cells) + " |" for cells in table])
-    policy_lib.atomic_write_text(f"Runs in {args.runs}; intervals: 95% percentile bootstrap over seeds "
-                            f"({args.reps} resamples, rliable).\n\n{markdown}\n", os.path.join(args.out, "seeds.md"))
+    policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
+                                 f"95% percentile bootstrap over seeds ({args.reps} resamples, rliable).\n\n{markdown}\n",
+                                 os.path.join(args.out, "seeds.md"))
     return numbers
 
 
@@ -1266,6 +1269,8 @@ def build_parser() -> ArgumentParser:
             p.add_argument("--reach", type=float, nargs="+", default=None, metavar="ERROR",
                            help="also report the wall-clock to the first evaluation at or below each error level")
             p.add_argument("--reps", type=_at_least(int, 100), default=2000, help="bootstrap resamples")
+            p.add_argument("--last", type=_at_least(int), default=1,
+                           help="final = the mean of each run's last LAST evaluations (2-episode evaluations are noisy)")
             p.set_defaults(out=None)  # the sweep's own folder
     return parser
 

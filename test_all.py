@@ -985,12 +985,16 @@ def test_rerun_of_a_finished_sweep_trains_nothing(sweep_runs):
 
 def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path):
     root, _, _ = sweep_runs
-    result = run_script("analyze.py", "seeds", "--runs", str(root), "--out", str(tmp_path), "--reach", "100")
+    result = run_script("analyze.py", "seeds", "--runs", str(root), "--out", str(tmp_path), "--reach", "100", "--last", "2")
     assert result.returncode == 0, result.stderr
     groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
     assert sorted(groups) == ["lte_noise=0.0", "lte_noise=0.02"]
     rows = list(csv.DictReader(open(tmp_path / "seeds.csv")))
     assert len(rows) == 4
+    log = [float(r["mean_error"]) for r in csv.DictReader(open(root / SWEEP_VICTIM / "hopper-vel.csv"))]
+    victim = next(r for r in rows if r["run"].startswith(SWEEP_VICTIM + "/"))
+    assert abs(float(victim["final_error"]) - np.mean(log[-2:])) < 1e-3  # --last 2: the last two evaluations
+    assert abs(float(victim["best_error"]) - min(log)) < 1e-3
     for label, group in groups.items():
         assert group["seeds"] == [0, 1]
         for metric in analyze.SEED_METRICS:
