@@ -308,11 +308,9 @@ def _base_config(policy, **changes):
     """The checkpoint's training config as a train.Config (defaults for fields it
     lacks), with the machine settings (precision, threads, device) left for this
     machine to resolve: a checkpoint records what its training machine ran with."""
-    from train import Config
-    known = {f for f in Config.__dataclass_fields__}
-    saved = {k: v for k, v in (getattr(policy, "config", None) or {}).items() if k in known}
+    from train import Config, saved_config
     here = {"precision": Config.precision, "threads": Config.threads, "device": "cpu"}
-    return replace(Config(**{**saved, **here, "env": policy.env_name}), **changes)
+    return replace(saved_config(getattr(policy, "config", None) or {}), **here, env=policy.env_name, **changes)
 
 
 def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_WARMUP,

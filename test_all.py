@@ -555,6 +555,11 @@ def test_paper_preset_is_the_papers_algorithm():
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
+        assert train.preset("fast", family).actor_every == 2  # the fast preset's delayed actor (README, "Levers")
+    # A checkpoint saved before a field existed ran with the paper's value, not today's default.
+    old = train.saved_config({"env": "hopper-vel", "lr": 1e-3, "not_a_field": 1})
+    assert (old.actor_every, old.alpha_per_task, old.lr, old.env) == (1, False, 1e-3, "hopper-vel")
+    assert train.saved_config(asdict(train.preset("fast", "ant-dir"))) == train.preset("fast", "ant-dir")
 
 
 def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():

@@ -35,7 +35,8 @@ finished runs and resumes the others. `python analyze.py seeds` aggregates them.
 
 Presets (Config below; every field can be overridden with --set field=value):
     fast   (default) 2x256 networks, 32 transitions per task per batch, Adam lr
-           2e-3, every usable core, 1500 epochs, evaluation every 10 epochs:
+           2e-3, the actor and temperature stepped on every second update (a delayed
+           actor, as TD3's), every usable core, 1500 epochs, evaluation every 10 epochs:
            learns HalfCheetah-Vel on a 2-core laptop CPU in about an hour
            (0.14 m/s mean velocity error at 60 min on an Intel Xeon with AMX; README).
     paper  exactly the authors' numbers: 400-wide networks (encoder 2, decoder 4, critics 4
@@ -93,7 +94,7 @@ class Config:
     lr: float = 2e-3  # the paper uses 3e-4: far slower here (README, "Choosing the fast preset")
     grad_clip: float = 10.0
     alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
-    actor_every: int = 1  # actor and temperature step once every that many critic steps (1 = the paper's)
+    actor_every: int = 2  # actor and temperature step once every that many critic steps (the paper's: 1; README, "Levers")
     critic_layer_norm: bool = False  # LayerNorm after every hidden layer of the critics (not in the paper)
     reward_scale: float = 1.0
     batch_per_task: int = 32
@@ -112,13 +113,25 @@ class Config:
     device: str = "cpu"
 
 
+# Fields added after the first checkpoints were written: a saved config without one
+# trained with the value here (the paper's behaviour), whatever today's default is.
+ADDED_FIELDS = {"alpha_per_task": False, "actor_every": 1, "critic_layer_norm": False, "minutes": 0.0}
+
+
+def saved_config(saved: dict) -> Config:
+    """A checkpoint's config dict as a Config: unknown keys dropped, fields it predates
+    set to what it ran with (ADDED_FIELDS), the others to their defaults."""
+    known = {f.name for f in fields(Config)}
+    return Config(**{**ADDED_FIELDS, **{k: v for k, v in saved.items() if k in known}})
+
+
 def preset(name: str, env: str) -> Config:
     """The named preset for a family."""
     if name == "fast":
         return Config(env=env)
     if name == "paper":
         family = envs.check_family(env)
-        return Config(env=env, preset="paper", lr=3e-4, encoder_hidden=[400, 400], task_hidden=[400],
+        return Config(env=env, preset="paper", lr=3e-4, actor_every=1, encoder_hidden=[400, 400], task_hidden=[400],
                       decoder_hidden=[400] * 4, critic_hidden=[400] * 4, baseline_hidden=[400] * 4,
                       batch_per_task=family.paper_batch_per_task,
                       replay_per_task=family.paper_replay_per_task or int(1e6) // len(envs.training_tasks(env)),
@@ -363,7 +376,8 @@ def benchmark(seconds: float = 10.0) -> dict:
     that differs) and on one thread:
       updates_per_s         our SAC update
       plain_updates_per_s   sac.ReferenceSAC, the textbook update (fp32, same weights, batch
-                            and threads, same run)
+                            and threads, same run); both with the paper's actor_every=1
+      preset_updates_per_s  our update with the preset's own actor_every (fast: 2)
       matmul_share          the time of the update's matrix products alone (replayed
                             at the same shapes and precision) over the update's time:
                             1.0 would be the roof of this CPU for this update
@@ -381,9 +395,11 @@ def benchmark(seconds: float = 10.0) -> dict:
         if preset_name == "fast" and own_threads != 1:
             runs.append((preset_name, own_precision, 1, False))
     for preset_name, precision, threads, own in runs:
-        # a small replay: where a batch is drawn from does not change the update's speed
+        # a small replay: where a batch is drawn from does not change the update's speed; the
+        # paper's actor_every=1, so that ours and the textbook update do the same work
+        own_actor_every = preset(preset_name, "halfcheetah-vel").actor_every
         cfg = replace(preset(preset_name, "halfcheetah-vel"), warmup_epochs=0, precision=precision, threads=threads,
-                      replay_per_task=5000)
+                      replay_per_task=5000, actor_every=1)
         trainer = Trainer(cfg, out_dir="/tmp", name="benchmark", progress=False)
         trainer.collect(200)
         collect_start = time.perf_counter()
@@ -393,19 +409,22 @@ def benchmark(seconds: float = 10.0) -> dict:
         ours = _updates_per_second(trainer.sac.update, sample, seconds)
         roof = _matmul_roof_seconds(trainer.sac.update, sample())
         plain_rate = _updates_per_second(ReferenceSAC(trainer.sac).update, sample, seconds)
+        trainer.sac.actor_every = own_actor_every  # the preset's own update, as train.py runs it
+        preset_rate = _updates_per_second(trainer.sac.update, sample, seconds) if own_actor_every != 1 else ours
         row = {"preset": preset_name, "encoder_hidden": cfg.encoder_hidden, "task_hidden": cfg.task_hidden,
                "decoder_hidden": cfg.decoder_hidden, "critic_hidden": cfg.critic_hidden,
                "batch": cfg.batch_per_task * trainer.env.num_tasks, "obs_dim": trainer.env.obs_dim,
                "act_dim": trainer.env.act_dim, "tasks": trainer.env.num_tasks, "precision": cfg.precision,
                "preset_precision": own, "threads": torch.get_num_threads(),
                "updates_per_s": round(ours, 1), "plain_updates_per_s": round(plain_rate, 1),
+               "preset_updates_per_s": round(preset_rate, 1), "actor_every": own_actor_every,
                "speedup": round(ours / plain_rate, 2), "matmul_share": round(roof * ours, 2),
                "collect_env_steps_per_s": round(collect_rate)}
         if own:
             evaluate_start = time.perf_counter()
             evaluate(trainer.sac.policy, trainer.eval_env, cfg.eval_episodes, seed=0)
             seconds_per_epoch = {"stepping": cfg.steps_per_epoch * trainer.env.num_tasks / collect_rate,
-                                 "updating": cfg.updates_per_epoch / ours,
+                                 "updating": cfg.updates_per_epoch / preset_rate,
                                  "evaluating": (time.perf_counter() - evaluate_start) / cfg.eval_every}
             total = sum(seconds_per_epoch.values())
             row["epoch_seconds"] = round(total, 2)
