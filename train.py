@@ -50,6 +50,7 @@ Presets (Config below; every field can be overridden with --set field=value):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -216,6 +217,7 @@ class Trainer:
         self.best_return, self.log_rows = -math.inf, []
         self.commands: list[str] = []  # every command that trained this run, oldest first (train.py's main adds them)
         self.on_evaluation = None  # called with every evaluation row (run() sets it)
+        self.interrupted = False  # set by train(): ended by Ctrl-C or SIGTERM
         self.obs, _ = self.env.reset(seed=cfg.seed)
 
     # ---- checkpoints ----------------------------------------------------
@@ -291,47 +293,48 @@ class Trainer:
         """All epochs done, or the wall-clock budget (`minutes`) spent."""
         return self.epoch >= self.cfg.epochs or 0 < self.cfg.minutes * 60 <= self.wall_clock
 
+    def update(self) -> list[dict]:
+        """`updates_per_epoch` SAC updates (sac.py) on task-balanced batches; their losses."""
+        losses = [self.sac.update(self.replay.sample(self.cfg.batch_per_task, self.generator))
+                  for _ in range(self.cfg.updates_per_epoch)]
+        self.updates += self.cfg.updates_per_epoch
+        return losses
+
     def train(self) -> dict:
+        """Epochs of collect, update, evaluate (every `eval_every`) and checkpoint (every
+        `checkpoint_every`) until `finished()`; Ctrl-C or SIGTERM end it with a checkpoint."""
         cfg = self.cfg
         start = time.perf_counter() - self.wall_clock
         if self.epoch == 0 and self.replay.size == 0:
             self.collect(cfg.warmup_epochs * cfg.steps_per_epoch)
         bar = _progress(cfg.epochs, self.epoch, self.show_progress)
-        interrupted = False
-        # Ctrl-C and kill (SIGTERM) both end in a final checkpoint; installed
-        # explicitly because a background job may inherit SIGINT as ignored.
-        # Only a main thread may install handlers (a Ray Tune trial runs in another).
-        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
-        previous_handlers = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in handled}
+        self.interrupted = False
         try:
-            while not self.finished():
-                self.collect(cfg.steps_per_epoch)
-                losses = [self.sac.update(self.replay.sample(cfg.batch_per_task, self.generator))
-                          for _ in range(cfg.updates_per_epoch)]
-                self.updates += cfg.updates_per_epoch
-                self.epoch += 1
-                self.wall_clock = time.perf_counter() - start
-                last = self.finished()
-                if self.epoch % cfg.eval_every == 0 or last:
-                    self._evaluate_and_log(losses, bar)
-                if self.epoch % cfg.checkpoint_every == 0 or last:
-                    self.save_latest()
-                bar.update(1)
+            with _signals_interrupt():
+                while not self.finished():
+                    self.collect(cfg.steps_per_epoch)
+                    losses = self.update()
+                    self.epoch += 1
+                    self.wall_clock = time.perf_counter() - start
+                    last = self.finished()
+                    if self.epoch % cfg.eval_every == 0 or last:
+                        self.evaluate_and_log(losses, bar)
+                    if self.epoch % cfg.checkpoint_every == 0 or last:
+                        self.save_latest()
+                    bar.update(1)
         except KeyboardInterrupt:
-            interrupted = True
+            self.interrupted = True
         finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
             bar.close()
-        self.interrupted = interrupted
-        if interrupted:
+        if self.interrupted:
             self.wall_clock = time.perf_counter() - start
             self.save_latest()
             print(f"interrupted at epoch {self.epoch}: saved {self.paths['latest']}; continue with --resume",
                   file=sys.stderr)
         return self.log_rows[-1] if self.log_rows else {}
 
-    def _evaluate_and_log(self, losses: list[dict], bar) -> None:
+    def evaluate_and_log(self, losses: list[dict], bar) -> None:
+        """Evaluate (train.evaluate), log a CSV row, keep the best policy, report progress."""
         mean_losses = {k: float(torch.stack([l[k] for l in losses]).mean()) for k in losses[0]}
         if not all(math.isfinite(v) for v in mean_losses.values()):
             fail(f"a loss became {mean_losses} at epoch {self.epoch}; the last good checkpoint "
@@ -353,6 +356,20 @@ class Trainer:
                   f"mean error {metrics['mean_error']:.3f}  alpha {mean_losses['alpha']:.4f}", flush=True)
         bar.set_postfix(ret=f"{metrics['mean_return']:.0f}", err=f"{metrics['mean_error']:.2f}",
                         alpha=f"{mean_losses['alpha']:.3f}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Inside, SIGINT and SIGTERM raise KeyboardInterrupt, so Ctrl-C and kill both end a
+    run with a final checkpoint; installed explicitly because a background job may
+    inherit SIGINT as ignored, and only in a main thread (a Ray Tune trial runs in another)."""
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_keyboard_interrupt(signum, frame):
