@@ -940,6 +940,11 @@ def find_runs(root: str) -> list[dict]:
     return runs
 
 
+def _setting_text(value) -> str:
+    """A config value as on the command line: 0.02, true, [64,64], halfcheetah-vel."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 def time_to(log: dict, level: float) -> float:
     """Wall-clock seconds at the first evaluation with mean error <= level (inf: never)."""
     reached = np.flatnonzero(log["mean_error"] <= level)
@@ -963,8 +968,7 @@ def seeds(args) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for g, (key, members) in enumerate(groups.items()):
         cfg = json.loads(key)
-        label = ", ".join(f"{k}={json.dumps(cfg[k], separators=(',', ':')).strip(chr(34))}" for k in varying) \
-            or cfg["env"] + ("-baseline" if cfg["baseline"] else "")
+        label = ", ".join(f"{k}={_setting_text(cfg[k])}" for k in varying) or cfg["env"] + ("-baseline" if cfg["baseline"] else "")
         unit = envs.FAMILIES[cfg["env"]].error_unit
         members.sort(key=lambda r: r["config"]["seed"])
         per_run = []
