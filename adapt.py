@@ -10,6 +10,7 @@ as honest baselines, spends the same environment steps on SAC instead.
     python adapt.py --env halfcheetah-runjump --task run:3.5
     python adapt.py --task 7.2 --method all --out results/adapt-7.2.json --plot
     python adapt.py --task 7.2 --prior none           # the search sees episode returns only
+    python adapt.py --checkpoint checkpoints/halfcheetah-vel-baseline.pt --task 7.2   # OHE: the one-hot baseline
     python adapt.py --benchmark [--quick]             # test tasks 3.6, 7.2, 9.5 and 0.5, 11; every method
 
 Without --env the family is the checkpoint's; without --checkpoint it is
@@ -32,6 +33,9 @@ Methods (--method):
             nothing better. All candidates of a round run at once, one simulation each,
             with deterministic actions; a third of the budget goes to round 1, the rest
             to rounds of at most 10.
+  The one-hot baseline (OHE, train.py --baseline) adapts with bracket or cem too: the
+            same searches over unit vectors in its task-input space R^T, where the
+            training tasks are the one-hot rows (the authors' working code runs CEM there).
   --prior none (every method sees returns only, as a meta-RL method does): bracket
             never reads the task's value or kind and starts as for a task with no
             bracket (every training LTE once, then the local search around the best);
@@ -149,11 +153,18 @@ def _kind_value(family: str, task):
     return task if isinstance(task, tuple) else (envs.FAMILIES[family].number_kind, float(task))
 
 
+def task_inputs(policy) -> np.ndarray:
+    """The training tasks' points in the space a search explores: EAR's unit LTEs on
+    S^2, or for the one-hot baseline (OHE) its one-hot task inputs, the corners of the
+    unit sphere in R^T (the authors' working code searches that space with CEM)."""
+    return np.eye(policy.num_tasks) if policy.baseline else policy.task_embeddings
+
+
 def reward_only_prior(policy) -> dict:
     """What a search knows with rewards only (--prior none): the training LTEs, not the
     new task's value or kind. The bracket search then evaluates every training LTE
     once and searches around the best; finetune starts from the first training LTE."""
-    E = policy.task_embeddings
+    E = task_inputs(policy)
     return {"start": None, "line": None, "guess": E[0], "extrapolates": False, "reason": ""}
 
 
@@ -162,7 +173,7 @@ def bracket_prior(policy, task) -> dict:
     start (the bracket interpolation, or None), line (two LTEs whose great circle to
     search along, or None), guess (start, else the nearest training LTE of the kind),
     extrapolates and a one-line reason."""
-    family, E = policy.env_name, policy.task_embeddings
+    family, E = policy.env_name, task_inputs(policy)
     kind, value = _kind_value(family, task)
     pairs = [(i, _kind_value(family, t)[1]) for i, t in enumerate(policy.tasks) if _kind_value(family, t)[0] == kind]
     prior = {"start": None, "line": None, "guess": E[0], "extrapolates": False, "reason": ""}
@@ -231,14 +242,14 @@ class Tally:
         return returns
 
 
-def search_cem(tally: Tally, rng, rounds: int) -> np.ndarray:
-    """The release's elitist search on the sphere; returns the top elite."""
-    elites = unit(rng.standard_normal((CEM_ELITES, 3)))
+def search_cem(tally: Tally, rng, rounds: int, dim: int = 3) -> np.ndarray:
+    """The release's elitist search on the unit sphere in R^dim; returns the top elite."""
+    elites = unit(rng.standard_normal((CEM_ELITES, dim)))
     for _ in range(rounds):
         candidates = np.tile(elites, (CEM_TILES, 1))
         candidates[CEM_ELITES:] += CEM_SIGMA * rng.standard_normal(candidates[CEM_ELITES:].shape)
         tiny = np.linalg.norm(candidates, axis=1) < 1e-9  # a draw that cancels an elite: redraw
-        candidates[tiny] = rng.standard_normal((int(tiny.sum()), 3))
+        candidates[tiny] = rng.standard_normal((int(tiny.sum()), dim))
         candidates = unit(candidates)
         returns = tally.evaluate(candidates, deterministic=False)
         elites = candidates[np.argsort(-returns, kind="stable")[:CEM_ELITES]]
@@ -255,7 +266,7 @@ def round_sizes(budget: int, first: int) -> list[int]:
 
 def search_bracket(tally: Tally, policy, prior: dict, rng, budget: int) -> np.ndarray:
     """Bracket start, line search on its great circle, local pattern search (module docstring)."""
-    E = policy.task_embeddings
+    E = task_inputs(policy)
     line = prior["line"]
     if prior["start"] is not None:
         sizes = round_sizes(budget, max(1, math.ceil(budget / 3)))
@@ -283,8 +294,12 @@ def search_bracket(tally: Tally, policy, prior: dict, rng, budget: int) -> np.nd
         direction = tangent(incumbent, line[1] - line[0]) if line is not None else None
         along = [] if direction is None else [s * step for s in (1, -1, 2, -2)][:min(4, size // 2)]
         candidates = [move(incumbent, direction, o) for o in along]
-        e1 = tangent(incumbent, rng.standard_normal(3))
-        e2 = np.cross(incumbent, e1)
+        e1 = tangent(incumbent, rng.standard_normal(len(incumbent)))
+        if len(incumbent) == 3:
+            e2 = np.cross(incumbent, e1)
+        else:  # the ring in a random plane of the tangent space: e2 tangent and orthogonal to e1
+            e2 = tangent(incumbent, rng.standard_normal(len(incumbent)))
+            e2 = unit(e2 - np.dot(e2, e1) * e1)
         phase, ring = rng.uniform(0, 2 * math.pi), size - len(candidates)
         for j in range(ring):
             psi = phase + 2 * math.pi * j / ring
@@ -384,8 +399,10 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(PRIORS)}")
-    if policy.baseline or not policy.env_name:
-        raise ValueError("adaptation needs an EAR policy loaded with policy.load (env_name and task embeddings)")
+    if not policy.env_name:
+        raise ValueError("adaptation needs a policy loaded with policy.load (its env_name and tasks)")
+    if policy.baseline and method not in ("bracket", "cem"):
+        raise ValueError(f"the one-hot baseline adapts by bracket or cem over its task input, not {method}")
     parse = envs.parse_task if isinstance(task, str) else envs.normalize_task
     task = parse(policy.env_name, task)
     budget = DEFAULT_BUDGET[method] if budget_episodes is None else int(budget_episodes)
@@ -400,7 +417,7 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         tally = Tally(policy, task, seed)
         if method == "cem":
             rounds = cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES))
-            lte = search_cem(tally, rng, rounds)
+            lte = search_cem(tally, rng, rounds, dim=task_inputs(policy).shape[1])
         else:
             lte = search_bracket(tally, policy, search_prior, rng, budget)
         net, net_input = policy, lte
@@ -569,9 +586,9 @@ def main(argv=None) -> None:
         policy = load(path, env_name=args.env)
     except CheckpointError as error:
         parser.error(str(error))
-    if policy.baseline:
-        parser.error(f"{path} is the plain multi-task baseline, which has no task embedding to search; "
-                     f"pass an EAR checkpoint (train.py without --baseline)")
+    if policy.baseline and args.method not in ("bracket", "cem"):
+        parser.error(f"{path} is the one-hot baseline: it adapts with --method bracket or cem (a search over "
+                     f"its task input), not {args.method}")
 
     if args.benchmark:
         _note_machine(policy, path)

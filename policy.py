@@ -149,10 +149,14 @@ class Policy(nn.Module):
         """Actions for observations (N, obs_dim) under task embeddings (N, lte_dim).
 
         `lte` may be any vectors; they are projected onto the unit sphere as in
-        training. For the baseline policy pass integer task ids (N,) instead."""
+        training. For the baseline policy pass integer task ids (N,), or task-input
+        vectors (N, T) in place of the one-hot rows (its adaptation searches these)."""
         device = next(self.parameters()).device
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
-        if self.baseline:
+        if self.baseline and np.asarray(lte).ndim == 2:  # task-input vectors in place of one-hot rows
+            task = torch.as_tensor(np.asarray(lte), dtype=torch.float32, device=device)
+            action, _ = tanh_gaussian(self.net(torch.cat([obs_t, task], dim=-1)), deterministic)
+        elif self.baseline:
             task = torch.as_tensor(np.asarray(lte), dtype=torch.long, device=device)
             action, _ = self(obs_t, task, deterministic)
         else:

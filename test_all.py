@@ -1254,6 +1254,29 @@ def test_reward_only_search_never_reads_the_task_value(monkeypatch):
         adapt.adapt(net, 4.5, prior="oracle")
 
 
+def test_one_hot_baseline_adapts_by_searching_its_task_input(monkeypatch, tmp_path):
+    """OHE: the plain multi-task baseline adapted by the same searches over unit vectors
+    in its task-input space R^T (one-hot rows are the training tasks)."""
+    torch.manual_seed(0)
+    cfg = {**TINY, "baseline": True, "baseline_hidden": [16]}
+    net, _ = build_networks(17, 6, len(TASKS), cfg)
+    net.env_name, net.tasks, net.config = "halfcheetah-vel", list(TASKS), cfg
+    seen = []
+    real = adapt.evaluate_ltes
+    monkeypatch.setattr(adapt, "evaluate_ltes", lambda *a: seen.append(np.array(a[2])) or real(*a))
+    report = adapt.adapt(net.eval(), 4.5, "bracket", budget_episodes=14, eval_episodes=2)
+    assert report["episodes"] == 14 and len(report["lte"]) == len(TASKS)
+    assert np.allclose(report["start_lte"], _unit(np.eye(len(TASKS))[3] + np.eye(len(TASKS))[4]))  # 4 and 5 m/s
+    norms = np.linalg.norm(np.concatenate(seen), axis=1)
+    assert np.concatenate(seen).shape[1] == len(TASKS) and np.all(np.abs(norms - 1) < 1e-6)
+    assert adapt.adapt(net, 4.5, "cem", cem_rounds=1, eval_episodes=1)["episodes"] == 90
+    with pytest.raises(ValueError, match="one-hot baseline"):
+        adapt.adapt(net, 4.5, "finetune", budget_steps=10)
+    # The same actions for a one-hot row as for its task id.
+    obs = np.random.default_rng(0).standard_normal((3, 17))
+    np.testing.assert_allclose(net.act(obs, np.eye(len(TASKS))[[0, 4, 9]]), net.act(obs, np.array([0, 4, 9])), atol=1e-6)
+
+
 def test_cli_json_report_round_trips(tmp_path, capsys):
     path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
     out = tmp_path / "sub" / "result.json"
