@@ -1712,7 +1712,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     trainer = train.Trainer(cfg, str(tmp_path), "nan", progress=False)
     losses = [{"critic_loss": torch.tensor(float("nan")), "alpha": torch.tensor(1.0)}]
     with pytest.raises(SystemExit) as stop:
-        trainer._evaluate_and_log(losses, train._progress(1, 0, False))
+        trainer.evaluate_and_log(losses, train._progress(1, 0, False))
     assert stop.value.code == 2
     assert not os.path.exists(tmp_path / "nan.pt")  # nothing written from a broken state
 
