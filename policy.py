@@ -110,6 +110,11 @@ class Policy(nn.Module):
 
     # ---- the three parts ------------------------------------------------
 
+    def parts(self) -> list[nn.Module]:
+        """The modules whose gradients are clipped each on its own (Sec. 3.3): state
+        encoder, task encoder and decoder, or the baseline's one network."""
+        return [self.net] if self.baseline else [self.state_encoder, self.task_encoder, self.decoder]
+
     def lse(self, obs: torch.Tensor) -> torch.Tensor:
         """Latent sensory embedding: the state encoder's output on the unit sphere."""
         return F.normalize(self.state_encoder(obs), dim=-1)

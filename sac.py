@@ -244,8 +244,7 @@ class SAC:
         self.optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()),
                                           lr=cfg["lr"], fused=fused)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"])
-        self.actor_modules = ([policy.net] if policy.baseline
-                              else [policy.state_encoder, policy.task_encoder, policy.decoder])
+        self.actor_modules = policy.parts()
         self.critic_params = list(critic.parameters())
         self.target_params = list(self.target_critic.parameters())
         self.precision = cfg["precision"]
@@ -369,8 +368,7 @@ class ReferenceSAC:
         self.targets = [self._member(sac.target_critic, i) for i in range(sac.critic.ensemble)]
         self.log_alpha = sac.log_alpha.detach().clone().requires_grad_(True)
         lr = sac.optimizer.param_groups[0]["lr"]
-        self.actor_modules = ([self.policy.net] if self.policy.baseline
-                              else [self.policy.state_encoder, self.policy.task_encoder, self.policy.decoder])
+        self.actor_modules = self.policy.parts()
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.critic_optimizers = [torch.optim.Adam(q.parameters(), lr=lr) for q in self.critics]
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
