@@ -11,6 +11,7 @@ as honest baselines, spends the same environment steps on SAC instead.
     python adapt.py --task 7.2 --method all --out results/adapt-7.2.json --plot
     python adapt.py --task 7.2 --prior none           # the search sees episode returns only
     python adapt.py --checkpoint checkpoints/halfcheetah-vel-baseline.pt --task 7.2   # OHE: the one-hot baseline
+    python adapt.py --checkpoint checkpoints/halfcheetah-vel-pearl.pt --task 7.2      # PEARL (pearl.py)
     python adapt.py --benchmark [--quick]             # test tasks 3.6, 7.2, 9.5 and 0.5, 11; every method
 
 Without --env the family is the checkpoint's; without --checkpoint it is
@@ -53,6 +54,11 @@ Methods (--method):
             bracket interpolation (else the edge training LTE of that kind), a fresh
             critic. The temperature starts at 0.05 instead of 1: the pretrained policy is
             nearly deterministic, and alpha = 1 would first drive it to high entropy.
+  pearl     (a PEARL checkpoint, train.py --pearl; its only method, chosen by default;
+            45 episodes) the meta-RL baseline's own protocol (pearl.py): the first
+            episode acts with z from the prior, each later one with a draw from the
+            posterior given every transition so far; it sees rewards only. The final
+            measurement acts with the posterior mean.
   Both SAC baselines are evaluated every 1000 steps with 3 deterministic episodes that
   are not charged to their budget (in their favour), and report their best snapshot.
 
@@ -66,7 +72,8 @@ Report (printed; --out FILE writes it as JSON; with --method all, {"results": [.
   env, task, method, prior, checkpoint, seed, extrapolates (task outside the training range;
                         reported with either prior, used by the search with --prior task only)
   episodes, env_steps   cost of the adaptation: episodes run and env steps taken
-  lte                   the LTE found (3 floats; finetune: its learned LTE; scratch: null)
+  lte                   the LTE found (3 floats; finetune: its learned LTE; scratch: null;
+                        pearl: the posterior mean of z, 5 floats)
   start_lte             the bracket interpolation (null when there is none)
   return                mean return of the final deterministic measurement
   velocity | heading    mean forward velocity in m/s | Ant: heading of the mean x-y velocity, deg
@@ -75,7 +82,9 @@ Report (printed; --out FILE writes it as JSON; with --method all, {"results": [.
   eval_episodes         episodes of the final measurement
   curve                 [{episodes, env_steps, best_return}] after every round: the best return
                         seen so far (bracket: its deterministic search episodes; cem: its
-                        stochastic ones; scratch/finetune: their periodic evaluations)
+                        stochastic ones; scratch/finetune: their periodic evaluations;
+                        pearl: after every episode, with "error" and "return_measured" of the
+                        posterior mean after 1, 2, 3, 5, 10, 20, 45 episodes)
   wall_clock_s          seconds for the whole call, final measurement included
 --plot draws best return against environment steps for the methods run (PNG next to --out).
 
@@ -84,7 +93,8 @@ authors' 3.6, 7.2, 9.5, and 0.5 and 11 outside the training range 1..10), SAC ba
 with the env steps the bracket search used; prints a table and writes
 results/adapt_benchmark.json (or --out). Target for bracket on in-range tasks: velocity
 error <= 0.3 m/s or return within 5% of cem's, in <= 45 episodes; out-of-range tasks
-are reported, not tuned. --quick shrinks every budget to a smoke test.
+are reported, not tuned. --quick shrinks every budget to a smoke test on the first and
+last test task only.
 
 Python: adapt(policy, task, method="bracket", budget_episodes=None, seed=0) -> report
 dict; main(argv=None).
@@ -105,12 +115,14 @@ import torch
 
 import envs
 from envs import ArgumentParser
+import pearl
 from policy import CheckpointError, atomic_write_text, build_networks, load, rollout
 from sac import cpu_class, machine, resolve_precision, resolve_threads
 
-METHODS = ("bracket", "cem", "scratch", "finetune")
+METHODS = ("bracket", "cem", "scratch", "finetune")  # for an EAR checkpoint (OHE: bracket, cem)
 PRIORS = ("task", "none")  # what a search may know of the new task: its value, or nothing (rewards only)
-DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45}  # episodes
+DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45, "pearl": 45}  # episodes
+CURVE_EPISODES = (1, 2, 3, 5, 10, 20, 45)  # pearl: the error is measured after these many episodes
 CEM_ELITES, CEM_TILES, CEM_SIGMA = 6, 15, 0.5
 FIRST_ROUND_SPAN = 0.75  # bracket round 1 reaches this fraction of angle(z_a, z_b) beyond the start
 MAX_ROUND = 10
@@ -156,8 +168,11 @@ def _kind_value(family: str, task):
 def task_inputs(policy) -> np.ndarray:
     """The training tasks' points in the space a search explores: EAR's unit LTEs on
     S^2, or for the one-hot baseline (OHE) its one-hot task inputs, the corners of the
-    unit sphere in R^T (the authors' working code searches that space with CEM)."""
-    return np.eye(policy.num_tasks) if policy.baseline else policy.task_embeddings
+    unit sphere in R^T (the authors' working code searches that space with CEM).
+    PEARL has no task input; for it these rows only place the training tasks."""
+    if policy.baseline or isinstance(policy, pearl.PearlAgent):
+        return np.eye(policy.num_tasks)
+    return policy.task_embeddings
 
 
 def reward_only_prior(policy) -> dict:
@@ -387,16 +402,22 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
 
 def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = None, seed: int = 0,
           cem_rounds: int | None = None, budget_steps: int | None = None, eval_episodes: int = 10,
-          warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY, prior: str = "task") -> dict:
-    """Adapt a trained EAR policy to a new task; returns the report (module docstring).
+          warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY, prior: str = "task",
+          measure_at=CURVE_EPISODES) -> dict:
+    """Adapt a trained EAR policy (or OHE, or with method "pearl" a PEARL agent) to a
+    new task; returns the report (module docstring).
 
     task: a velocity / direction, a (kind, value) pair, or its command-line text.
     prior: "task" lets bracket and finetune start from the task's value (the training
     tasks that bracket it); "none" gives every method the episode returns only.
     budget_episodes: search episodes (bracket 45, cem 900 = 10 rounds of 90; scratch and
-    finetune get budget_episodes x 200 env steps unless budget_steps is given)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    finetune get budget_episodes x 200 env steps unless budget_steps is given).
+    measure_at: pearl only, the episode counts after which the curve gets the error of
+    the posterior mean (eval_episodes deterministic episodes, not charged)."""
+    if method not in (*METHODS, "pearl"):
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, pearl")
+    if isinstance(policy, pearl.PearlAgent) != (method == "pearl"):
+        raise ValueError("a PEARL agent adapts by its own protocol (method pearl), and only a PEARL agent does")
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(PRIORS)}")
     if not policy.env_name:
@@ -411,9 +432,19 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
     start_time = time.perf_counter()
     policy.eval()
     where = bracket_prior(policy, task)  # the report says whether the task extrapolates either way
+    if method == "pearl":
+        prior = "none"  # it infers the task from rewards: it never reads the task's value
     search_prior = where if prior == "task" else reward_only_prior(policy)
     rng = np.random.default_rng(seed)
-    if method in ("bracket", "cem"):
+    if method == "pearl":
+        def at_curve_point(z):
+            found = measure(policy, task, z, eval_episodes, FINAL_SEED + seed)
+            return {"error": found["error"], "return_measured": found["return"]}
+        found = pearl.adapt_episodes(policy, task, budget, seed, measure_at, at_curve_point)
+        net, lte = policy, found["z"]
+        net_input = lte
+        cost = {k: found[k] for k in ("episodes", "env_steps", "curve")}
+    elif method in ("bracket", "cem"):
         tally = Tally(policy, task, seed)
         if method == "cem":
             rounds = cem_rounds if cem_rounds is not None else max(1, budget // (CEM_ELITES * CEM_TILES))
@@ -452,8 +483,9 @@ def describe(report: dict) -> str:
     else:
         achieved = f"velocity {report['velocity']:.3f} m/s, mean height {report.get('height', float('nan')):.3f}"
     prior = " (returns only: --prior none)" if report.get("prior") == "none" and report["method"] in ("bracket", "finetune") else ""
+    found = "z (mean)   " if report["method"] == "pearl" else "LTE found  "
     return (f"{report['env']} task {label}, method {report['method']}{prior}:\n"
-            f"  LTE found   {lte}\n"
+            f"  {found} {lte}\n"
             f"  achieved    {achieved}, return {report['return']:.1f} "
             f"(mean of {report['eval_episodes']} deterministic episodes)\n"
             f"  used        {report['episodes']} episodes, {report['env_steps']} env steps, "
@@ -498,6 +530,8 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
         options = {"seed": args.seed, "eval_episodes": args.eval_episodes, "prior": getattr(args, "prior", "task")}
         if method == "bracket":
             options["budget_episodes"] = args.budget or (9 if quick else None)
+        elif method == "pearl":
+            options["budget_episodes"] = args.budget or (3 if quick else None)
         elif method == "cem":
             options["cem_rounds"] = args.rounds or (1 if quick else None)
         else:
@@ -512,8 +546,8 @@ def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
 
 
 def benchmark(policy, args) -> dict:
-    rows = []
-    for task in envs.FAMILIES[policy.env_name].test_tasks:
+    rows, tasks = [], envs.FAMILIES[policy.env_name].test_tasks
+    for task in (tasks[0], tasks[-1]) if args.quick else tasks:
         reports = run_methods(policy, task, METHODS, args, quick=args.quick)
         cem = next(r for r in reports if r["method"] == "cem")
         for r in reports:
@@ -552,8 +586,9 @@ def main(argv=None) -> None:
                                        "halfcheetah-runjump kind:value (run:3.5, jump:5)")
     parser.add_argument("--env", default=None, help=f"family ({', '.join(envs.FAMILIES)}); default: the checkpoint's")
     parser.add_argument("--checkpoint", default=None, help="trained EAR policy, unset: checkpoints/<env>.pt")
-    parser.add_argument("--method", default="bracket", choices=[*METHODS, "all"],
-                        help="bracket (ours, <= 45 episodes), cem (the release, 900), scratch or finetune (SAC), all")
+    parser.add_argument("--method", default=None, choices=[*METHODS, "pearl", "all"],
+                        help="bracket (ours, <= 45 episodes; the default), cem (the release, 900), scratch or "
+                             "finetune (SAC), all; pearl for a PEARL checkpoint (its default)")
     parser.add_argument("--budget", type=int, default=None,
                         help="bracket search episodes, unset: 45 (scratch/finetune: x200 env steps; cem: see --rounds)")
     parser.add_argument("--rounds", type=int, default=None, help="cem rounds of 90 episodes, unset: 10")
@@ -583,9 +618,16 @@ def main(argv=None) -> None:
             parser.error(str(error))
     path = args.checkpoint or os.path.join("checkpoints", f"{args.env or 'halfcheetah-vel'}.pt")
     try:
-        policy = load(path, env_name=args.env)
+        policy = (pearl.load if pearl.is_checkpoint(path) else load)(path, env_name=args.env)
     except CheckpointError as error:
         parser.error(str(error))
+    is_pearl = isinstance(policy, pearl.PearlAgent)
+    args.method = args.method or ("pearl" if is_pearl else "bracket")
+    if is_pearl != (args.method == "pearl"):
+        parser.error(f"{path} is a PEARL checkpoint: it adapts with --method pearl only" if is_pearl else
+                     f"--method pearl needs a PEARL checkpoint (train.py --pearl), not {path}")
+    if is_pearl and args.benchmark:
+        parser.error("--benchmark runs the EAR methods; adapt the PEARL checkpoint with --task")
     if policy.baseline and args.method not in ("bracket", "cem"):
         parser.error(f"{path} is the one-hot baseline: it adapts with --method bracket or cem (a search over "
                      f"its task input), not {args.method}")

@@ -206,8 +206,9 @@ class TwinCritic(nn.Module):
         self.ensemble = ensemble
 
     def forward(self, obs, action, task, detach: bool = False) -> torch.Tensor:
-        onehot = F.one_hot(task, self.num_tasks).to(obs.dtype)
-        x = torch.cat([obs, action, onehot], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
+        # num_tasks = 0: no task input (PEARL's critics see the task only through z in obs)
+        onehot = [F.one_hot(task, self.num_tasks).to(obs.dtype)] if self.num_tasks else []
+        x = torch.cat([obs, action, *onehot], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
         for i, layer in enumerate(self.layers):
             x = layer(x, detach)
             if i < len(self.layers) - 1:
@@ -283,6 +284,9 @@ def load(path: str, env_name: str | None = None, device: str = "cpu") -> Policy:
     checkpoint of another family."""
     data = read_checkpoint(path)
     cfg, name = data["config"], data["env_name"]
+    if cfg.get("pearl"):
+        raise CheckpointError(f"{path} is a PEARL baseline (train.py --pearl); load it with pearl.load, or adapt it "
+                              f"with `python adapt.py --checkpoint {path} --task ...`")
     if env_name is not None and name != env_name:
         raise CheckpointError(f"{path} was trained on {name}, not {env_name}; pass --env {name} or a {env_name} checkpoint")
     policy, _ = build_networks(data["obs_dim"], data["act_dim"], len(data["tasks"]), cfg)
@@ -320,7 +324,7 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     "speed_along" (velocity along the task's direction: the forward velocity; Ant: the x-y
     velocity projected on the commanded direction), "height_mean",
     "height_max", "fell" (fraction of episodes ending in a fall); with `record`,
-    also per-step "obs", "velocity_steps", "height_steps", "reward_steps"
+    also per-step "obs", "action_steps", "velocity_steps", "height_steps", "reward_steps"
     of the first episode, shaped (steps, T, ...), where steps past a task's end
     repeat nothing (they are NaN).
     """
@@ -340,11 +344,13 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
         ep_vel_late, ep_len_late = np.zeros_like(velocity_sum), np.zeros(T)
         ep_hmax = np.full(T, -np.inf)
         ep_hsum = np.zeros(T)
-        steps = {"obs": [], "velocity_steps": [], "height_steps": [], "reward_steps": []} if record and episode == 0 else None
+        steps = ({"obs": [], "action_steps": [], "velocity_steps": [], "height_steps": [], "reward_steps": []}
+                 if record and episode == 0 else None)
         for step in range(env.max_steps):
             actions = policy.act(obs, ltes, deterministic=deterministic)
             if steps is not None:
                 steps["obs"].append(np.where(alive[:, None], obs, np.nan))
+                steps["action_steps"].append(np.where(alive[:, None], actions, np.nan))
             obs, reward, terminated, truncated, info = env.step(actions)
             a = alive.astype(np.float64)
             ep_return += a * reward

@@ -262,7 +262,8 @@ class SAC:
         with self.autocast():  # one region, so each weight is cast to bf16 once per update
             return self._update(batch)
 
-    def _update(self, batch: dict) -> dict:
+    def _update(self, batch: dict, extra_loss=None) -> dict:
+        """Steps 1-6; `extra_loss` joins the backward pass (PEARL's KL term, pearl.py)."""
         task = batch["task"]
         actor_step = self.critic_steps % self.actor_every == 0
         self.critic_steps += 1
@@ -286,6 +287,8 @@ class SAC:
             self.last_actor_stats = {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
                                      "entropy": -log_prob.detach().mean()}
 
+        if extra_loss is not None:
+            loss = loss + extra_loss
         # 5. clipped, fused Adam step on actor and critics (critics only between actor steps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -333,7 +336,8 @@ class SAC:
         """J(pi) (step 4), given the actor's sample a~ and log pi(a~) at o, through
         the critics' detached weights: only the actor learns from it."""
         with self.autocast():
-            q_new = self.critic(batch["obs"], new_action, batch["task"], detach=True).float().min(0).values
+            # obs detached too: in PEARL it carries z, and the actor loss must not train the context encoder
+            q_new = self.critic(batch["obs"].detach(), new_action, batch["task"], detach=True).float().min(0).values
             return (alpha * log_prob - q_new).mean()
 
     def state_dict(self) -> dict:

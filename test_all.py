@@ -30,6 +30,7 @@ from dataclasses import asdict
 import adapt
 import analyze
 import envs
+import pearl
 import policy as policy_module
 import train
 from policy import build_networks, rollout
@@ -927,9 +928,100 @@ def test_baseline_trains_and_loads(tmp_path):
     assert result["return"].shape == (10,)
 
 
+# ---- PEARL, the meta-RL baseline (pearl.py) ---------------------------------
+
+
+def test_pearl_posterior_is_the_product_of_its_factors_and_narrows_with_context():
+    """q(z|c) = prod_n N(mu_n, sigma_n^2), checked against the closed form; on a toy
+    pair of tasks of this test's own (reward +1 or -1 per transition), an encoder
+    trained to tell them apart gives a narrower posterior the more context it sees,
+    and KL(q || N(0, I)) is finite, zero at the prior and positive elsewhere."""
+    torch.manual_seed(0)
+    encoder = pearl.ContextEncoder(3, latent_dim=2, hidden=[16])
+    context = torch.randn(1, 7, 3)
+    mean, variance = encoder(context)
+    factor_mean, raw = encoder.net(context).chunk(2, -1)
+    factor_var = F.softplus(raw)
+    precision = (1 / factor_var).sum(1)
+    torch.testing.assert_close(variance, 1 / precision)
+    torch.testing.assert_close(mean, (factor_mean / factor_var).sum(1) / precision)
+
+    def toy(n, sign):  # (o, a, r) rows; the task shows only in the reward's sign
+        x = torch.randn(16, n, 3)
+        x[..., 2] = sign * (1 + 0.3 * torch.randn(16, n))
+        return x
+    head = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-2)
+    for _ in range(150):  # the sign from z, through the reparameterised sample, as PEARL's critic loss would
+        loss = 0.0
+        for sign in (1.0, -1.0):
+            m, v = encoder(toy(10, sign))
+            z = m + v.sqrt() * torch.randn_like(m)
+            loss = loss + (head(z).squeeze(-1) - sign).pow(2).mean() + 0.01 * pearl.kl_to_prior(m, v).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        widths = [encoder(toy(n, 1.0))[1].mean().item() for n in (1, 5, 25, 100)]
+        kl = pearl.kl_to_prior(*encoder(toy(10, 1.0)))
+        m_pos, m_neg = encoder(toy(25, 1.0))[0], encoder(toy(25, -1.0))[0]
+    assert all(a > b for a, b in zip(widths, widths[1:])), widths
+    assert torch.isfinite(kl).all() and (kl > 0).all()
+    assert pearl.kl_to_prior(torch.zeros(1, 5), torch.ones(1, 5)).item() == 0.0
+    assert (head(m_pos) > 0.5).all() and (head(m_neg) < -0.5).all()  # z tells the tasks apart
+
+
+def test_pearl_update_trains_the_encoder_through_the_critics_only():
+    """The encoder learns from the critic loss and its KL term; the actor sees z detached."""
+    torch.manual_seed(0)
+    cfg = {**TINY, "baseline_hidden": [32]}
+    agent, critic = pearl.build_networks(17, 6, 4, cfg)
+    learner = pearl.PearlSAC(agent, critic, 6, cfg)
+    batch = random_batch()
+    context = pearl.context_of(random_batch(n_per_task=pearl.CONTEXT_SIZE, seed=1), 4)
+    assert context.shape == (4, pearl.CONTEXT_SIZE, 17 + 6 + 1)
+    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    stats = learner.update(batch, context)
+    assert math.isfinite(float(stats["kl"])) and float(stats["kl"]) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters()))
+    obs_z = torch.randn(5, 17 + pearl.LATENT_DIM, requires_grad=True)
+    action, log_prob = agent(obs_z)
+    (action.sum() + log_prob.sum()).backward()
+    assert obs_z.grad is None  # no gradient from the actor back into z
+
+
+def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tmp_path):
+    result = run_script("train.py", "--pearl", "--out", str(tmp_path), "--epochs", "2", *TINY_TRAIN)
+    assert result.returncode == 0, result.stderr
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"halfcheetah-vel-pearl.{ext}" for ext in ("csv", "json", "latest.pt", "pt")]
+    path = str(tmp_path / "halfcheetah-vel-pearl.pt")
+    data = torch.load(path, weights_only=True)
+    assert data["config"]["pearl"] and data["env_name"] == "halfcheetah-vel"
+    with pytest.raises(policy_module.CheckpointError, match="PEARL"):
+        policy_module.load(path)
+    resumed = run_script("train.py", "--pearl", "--out", str(tmp_path), "--epochs", "3", "--resume", *TINY_TRAIN)
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(tmp_path / "halfcheetah-vel-pearl.latest.pt", weights_only=True)["progress"]["epoch"] == 3
+    agent = pearl.load(path)
+    report = adapt.adapt(agent, 4.5, "pearl", budget_episodes=3, eval_episodes=1, measure_at=(1, 3))
+    assert report["episodes"] == 3 and [c["episodes"] for c in report["curve"]] == [1, 2, 3]
+    assert report["env_steps"] == report["curve"][-1]["env_steps"] <= 3 * envs.MAX_STEPS
+    assert [("error" in c) for c in report["curve"]] == [True, False, True]
+    assert report["prior"] == "none" and len(report["lte"]) == pearl.LATENT_DIM and report["error"] is not None
+    with pytest.raises(ValueError, match="PEARL"):
+        adapt.adapt(agent, 4.5, "bracket")
+    cli = run_script("adapt.py", "--checkpoint", path, "--task", "4.5", "--budget", "2", "--eval-episodes", "1")
+    assert cli.returncode == 0 and "method pearl" in cli.stdout and "2 episodes" in cli.stdout, cli.stderr
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", path, "--task", "4.5", "--method", "cem"),
+                          "PEARL", "--method pearl")
+    assert_one_line_error(run_script("adapt.py", "--checkpoint", _shipped(), "--task", "4.5", "--method", "pearl"),
+                          "PEARL checkpoint")
+
+
 # ---- sweeps on Ray Tune, aggregated over seeds by analyze.py seeds ---------
 
-SWEEP_TRAIN = ["--env", "hopper-vel", "--epochs", "40", "--set", "steps_per_epoch=50", "--set", "updates_per_epoch=20",
+SWEEP_TRAIN = ["--env", "hopper-vel", "--epochs", "20", "--set", "steps_per_epoch=25", "--set", "updates_per_epoch=20",
                "--set", "warmup_epochs=1", "--set", "eval_every=2", "--set", "eval_episodes=1",
                "--set", "checkpoint_every=2", "--set", "replay_per_task=1000", "--set", "encoder_hidden=[16]",
                "--set", "decoder_hidden=[16]", "--set", "critic_hidden=[16]", "--set", "task_hidden=[16]"]
@@ -939,7 +1031,7 @@ SWEEP_VICTIM = "seed=0,lte_noise=0"  # the trial whose worker the test kills mid
 
 @pytest.fixture(scope="module")
 def sweep_runs(tmp_path_factory):
-    """A real local Ray Tune sweep of 2 seeds x 2 LTE-noise settings (40 tiny epochs
+    """A real local Ray Tune sweep of 2 seeds x 2 LTE-noise settings (20 tiny epochs
     each); one trial's worker process is killed (SIGKILL, by the pid it wrote) as soon
     as it has written its first checkpoint, so Tune has to restart it."""
     pytest.importorskip("ray.tune", reason="the sweep needs requirements-sweep.txt")
@@ -964,14 +1056,14 @@ def test_sweep_trains_every_grid_point_and_survives_a_killed_worker(sweep_runs):
     assert folders == ["seed=0,lte_noise=0", "seed=0,lte_noise=0.02", "seed=1,lte_noise=0", "seed=1,lte_noise=0.02"]
     for folder in folders:
         summary = json.loads((root / folder / "hopper-vel.json").read_text())
-        assert summary["epochs"] == 40 and not summary["interrupted"] and summary["updates"] == 40 * 20
+        assert summary["epochs"] == 20 and not summary["interrupted"] and summary["updates"] == 20 * 20
         seed, noise = (float(part.split("=")[1]) for part in folder.split(","))
         assert summary["config"]["seed"] == seed and summary["config"]["lte_noise"] == noise
         assert summary["config"]["threads"] == 1  # one core per trial
         loaded = policy_module.load(str(root / folder / "hopper-vel.pt"), env_name="hopper-vel")
         assert loaded.config["lte_noise"] == noise
         epochs = [int(row["epoch"]) for row in csv.DictReader(open(root / folder / "hopper-vel.csv"))]
-        assert epochs == list(range(2, 41, 2)), (folder, epochs)  # continuous: no gap, no repeat
+        assert epochs == list(range(2, 21, 2)), (folder, epochs)  # continuous: no gap, no repeat
     commands = json.loads((root / SWEEP_VICTIM / "hopper-vel.json").read_text())["commands"]
     assert len(commands) == 2 and commands[1].endswith("--resume") and not commands[0].endswith("--resume")
     # Each recorded command trains the same run on its own, without Ray.
@@ -1076,7 +1168,8 @@ def test_sweep_bad_inputs(args, words):
 
 def test_sweep_grid_and_its_standalone_commands():
     assert train.split_values("[64,64],[256,256]") == ["[64,64]", "[256,256]"]
-    args = argparse.Namespace(env="hopper-vel", preset="fast", tasks="default", seed=0, baseline=False, device="cpu", epochs=3, overrides=["lr=1e-3"])
+    args = argparse.Namespace(env="hopper-vel", preset="fast", tasks="default", seed=0, baseline=False, pearl=False,
+                              device="cpu", epochs=3, overrides=["lr=1e-3"])
     trials = train.sweep_trials(train.parse_grid(["seed=0,1", "critic_hidden=[8],[8,8]"]), args)
     assert [t["trial"] for t in trials] == ["seed=0,critic_hidden=[8]", "seed=0,critic_hidden=[8,8]",
                                             "seed=1,critic_hidden=[8]", "seed=1,critic_hidden=[8,8]"]
@@ -1704,7 +1797,9 @@ def test_adapt_benchmark_quick_runs(tmp_path):
     _shipped()
     result = run_script("adapt.py", "--benchmark", "--quick", "--eval-episodes", "1", "--out", str(tmp_path / "b.json"))
     assert result.returncode == 0, result.stderr
-    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 20
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    tasks = envs.FAMILIES["halfcheetah-vel"].test_tasks
+    assert [r["task"] for r in rows] == [tasks[0]] * 4 + [tasks[-1]] * 4  # --quick: one task in range, one outside
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):

@@ -5,6 +5,7 @@
     python train.py --preset paper --device cuda      # the authors' sizes and schedule
     python train.py --resume                          # continue an interrupted run
     python train.py --baseline                        # plain multi-task SAC (policy on obs + one-hot)
+    python train.py --pearl                           # the PEARL meta-RL baseline (pearl.py), for adapt.py
     python train.py --benchmark                       # updates/s and env steps/s, one JSON line
     python train.py --set minutes=20                  # stop after 20 minutes of wall-clock
     python train.py --sweep seed=0,1,2 lte_noise=0,0.02   # a grid of runs on Ray Tune, in runs/sweep/
@@ -15,7 +16,7 @@ then every epoch collects `steps_per_epoch` steps in every task, runs
 `updates_per_epoch` SAC updates on task-balanced batches (sac.py), and every
 `eval_every` epochs evaluates `eval_episodes` deterministic episodes per task.
 
-Files, for run name NAME (default: the family, plus "-baseline") in --out DIR:
+Files, for run name NAME (default: the family, plus "-baseline" or "-pearl") in --out DIR:
     DIR/NAME.pt         best policy by mean evaluation return (what policy.load reads)
     DIR/NAME.csv        one row per evaluation: env steps, updates, wall-clock, mean and
                         per-task return and error, alpha, losses
@@ -80,6 +81,7 @@ class Config:
     preset: str = "fast"
     seed: int = 0
     baseline: bool = False  # plain multi-task SAC instead of EAR
+    pearl: bool = False  # the PEARL meta-RL baseline (pearl.py) instead of EAR
     # networks (Sec. 3.1; the release's sizes)
     encoder_hidden: list = field(default_factory=lambda: [256, 256])
     task_hidden: list = field(default_factory=lambda: [256])
@@ -116,7 +118,7 @@ class Config:
 
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
-ADDED_FIELDS = {"alpha_per_task": False, "actor_every": 1, "critic_layer_norm": False, "minutes": 0.0}
+ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "critic_layer_norm": False, "minutes": 0.0}
 
 
 def saved_config(saved: dict) -> Config:
@@ -159,11 +161,12 @@ def plain_tasks(tasks: list) -> list:
 # --------------------------------------------------------------------------
 
 
-def evaluate(policy, env, episodes: int, seed: int) -> dict:
+def evaluate(policy, env, episodes: int, seed: int, inputs=None) -> dict:
     """Deterministic evaluation over the training tasks: mean return and each
-    family's error (velocity error in m/s, Ant heading error in degrees)."""
+    family's error (velocity error in m/s, Ant heading error in degrees).
+    `inputs`: what conditions the policy per task (default: its own LTEs / task ids)."""
     policy.eval()
-    result = rollout(policy, env, episodes=episodes, deterministic=True, seed=seed)
+    result = rollout(policy, env, inputs, episodes=episodes, deterministic=True, seed=seed)
     policy.train()
     error = env.task_error(result)
     metrics = {"mean_return": float(np.mean(result["return"])),
@@ -191,7 +194,10 @@ class Trainer:
 
     `tasks` (default: the config's task set) and `networks` (a (policy, critic)
     pair; default: fresh ones from the config) let adapt.py reuse this loop for
-    its single-task SAC baselines."""
+    its single-task SAC baselines. pearl.PearlTrainer changes networks, update rule,
+    collection and evaluation inputs through `build_networks`, `learner` and the methods."""
+
+    learner = SAC  # the update rule (sac.py)
 
     def __init__(self, cfg: Config, out_dir: str, name: str, progress: bool = True,
                  tasks=None, networks=None):
@@ -208,8 +214,8 @@ class Trainer:
         self.eval_env = envs.make(cfg.env, tasks=tasks, seed=cfg.seed + 10_000)
         T, obs_dim, act_dim = self.env.num_tasks, self.env.obs_dim, self.env.act_dim
         self.cfg_dict = asdict(cfg)
-        policy, critic = networks or build_networks(obs_dim, act_dim, T, self.cfg_dict)
-        self.sac = SAC(policy, critic, act_dim, self.cfg_dict, device=cfg.device)
+        policy, critic = networks or self.build_networks(obs_dim, act_dim, T, self.cfg_dict)
+        self.sac = self.learner(policy, critic, act_dim, self.cfg_dict, device=cfg.device)
         self.replay = Replay(T, cfg.replay_per_task, obs_dim, act_dim, device=cfg.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.env_steps, self.updates, self.wall_clock = 0, 0, 0, 0.0
@@ -219,6 +225,12 @@ class Trainer:
         self.on_evaluation = None  # called with every evaluation row (run() sets it)
         self.interrupted = False  # set by train(): ended by Ctrl-C or SIGTERM
         self.obs, _ = self.env.reset(seed=cfg.seed)
+
+    build_networks = staticmethod(build_networks)  # policy.py's EAR / one-hot networks
+
+    def evaluation_inputs(self):
+        """What conditions the policy on each training task in an evaluation (None: its own)."""
+        return None
 
     # ---- checkpoints ----------------------------------------------------
 
@@ -250,7 +262,7 @@ class Trainer:
         path = self.paths["latest"]
         data = read_checkpoint(path)
         saved = data["config"]
-        for key in ("env", "task_set", "baseline", "encoder_hidden", "decoder_hidden", "critic_hidden",
+        for key in ("env", "task_set", "baseline", "pearl", "encoder_hidden", "decoder_hidden", "critic_hidden",
                     "task_hidden", "baseline_hidden", "lse_dim", "lte_dim"):
             if saved.get(key) != self.cfg_dict.get(key):
                 raise CheckpointError(f"{path} was made with {key}={saved.get(key)!r}, not {self.cfg_dict.get(key)!r}; "
@@ -339,7 +351,8 @@ class Trainer:
         if not all(math.isfinite(v) for v in mean_losses.values()):
             fail(f"a loss became {mean_losses} at epoch {self.epoch}; the last good checkpoint "
                  f"{self.paths['latest']} is kept. Lower --set lr=... or use --set precision=fp32, then --resume")
-        metrics = evaluate(self.sac.policy, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000)
+        metrics = evaluate(self.sac.policy, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
+                           inputs=self.evaluation_inputs())
         row = {"epoch": self.epoch, "env_steps": self.env_steps, "updates": self.updates,
                "wall_clock_s": round(self.wall_clock, 2), **{k: round(v, 4) for k, v in metrics.items()},
                **{k: round(v, 5) for k, v in mean_losses.items()}}
@@ -541,7 +554,7 @@ def sweep_trials(grid: dict[str, list[str]], args) -> list[dict]:
         family, preset_name = point.pop("env", args.env), point.pop("preset", args.preset)
         envs.check_family(family)
         start = replace(preset(preset_name, family), task_set=args.tasks, seed=args.seed, baseline=args.baseline,
-                        device=args.device, threads=1)  # one core per trial: as many trials at once as cores
+                       pearl=args.pearl, device=args.device, threads=1)  # one core per trial: as many trials at once as cores
         if args.epochs is not None:
             start = replace(start, epochs=args.epochs)
         cfg = parse_overrides(start, args.overrides)
@@ -551,14 +564,21 @@ def sweep_trials(grid: dict[str, list[str]], args) -> list[dict]:
             raise ValueError(str(error).replace("--set", "--sweep", 1)) from None
         validate(cfg)
         folder = ",".join(f"{k}={v}" for k, v in zip(grid, combo))
-        name = cfg.env + ("-baseline" if cfg.baseline else "")
+        name = run_name(cfg)
         reference = asdict(preset(preset_name, family))
         settings = [f"--set {k}={json.dumps(v, separators=(',', ':'))}" for k, v in asdict(cfg).items()
-                    if k not in ("env", "preset", "task_set", "seed", "baseline", "device", "epochs") and v != reference[k]]
+                    if k not in ("env", "preset", "task_set", "seed", "baseline", "pearl", "device", "epochs")
+                    and v != reference[k]]
         trials.append({"trial": folder, "name": name, "config": asdict(cfg), "command": " ".join(
             ["python train.py", f"--env {cfg.env} --preset {preset_name} --tasks {cfg.task_set} --seed {cfg.seed}",
-             f"--epochs {cfg.epochs} --device {cfg.device}"] + (["--baseline"] if cfg.baseline else []) + settings)})
+             f"--epochs {cfg.epochs} --device {cfg.device}"] + (["--baseline"] if cfg.baseline else []) + (["--pearl"] if cfg.pearl else [])
+            + settings)})
     return trials
+
+
+def run_name(cfg: Config) -> str:
+    """The default run name: the family, plus -baseline or -pearl."""
+    return cfg.env + ("-baseline" if cfg.baseline else "-pearl" if cfg.pearl else "")
 
 
 def finished_summary(folder: str, name: str, epochs: int):
@@ -705,6 +725,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"gamma must lie in [0, 1), got {cfg.gamma}")
     if not cfg.lte_noise >= 0:
         raise ValueError(f"lte_noise must not be negative, got {cfg.lte_noise}")
+    if cfg.baseline and cfg.pearl:
+        raise ValueError("--baseline and --pearl are two different baselines; pass one of them")
+    if cfg.pearl and cfg.alpha_per_task:
+        raise ValueError("PEARL has no task id for a temperature per task; drop --set alpha_per_task=true")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.device != "cpu" and cfg.device != "mps" and not cfg.device.startswith("cuda"):
@@ -723,6 +747,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the preset's; fast 1500, paper 4000-10000 by family)%(default).0s")
     parser.add_argument("--baseline", action="store_true", help="plain multi-task SAC (policy on obs + one-hot task)")
+    parser.add_argument("--pearl", action="store_true", help="the PEARL meta-RL baseline (pearl.py), for adapt.py")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or mps")
     parser.add_argument("--out", default=None, help="folder for the checkpoint, log and summary (default: checkpoints; "
                         "runs for a sweep)%(default).0s")
@@ -769,14 +794,15 @@ def main(argv=None) -> None:
     try:
         envs.check_family(args.env)
         cfg = preset(args.preset, args.env)
-        cfg = replace(cfg, task_set=args.tasks, seed=args.seed, baseline=args.baseline, device=args.device)
+        cfg = replace(cfg, task_set=args.tasks, seed=args.seed, baseline=args.baseline, pearl=args.pearl,
+                      device=args.device)
         if args.epochs is not None:
             cfg = replace(cfg, epochs=args.epochs)
         cfg = parse_overrides(cfg, args.overrides)
         validate(cfg)
     except ValueError as error:
         parser.error(str(error))
-    name = args.name or (cfg.env + ("-baseline" if cfg.baseline else ""))
+    name = args.name or run_name(cfg)
     if os.sep in name or not name:
         parser.error(f"--name {name!r} must be a plain file name")
     if not envs.writable_folder(args.out):
@@ -795,7 +821,11 @@ def run(cfg: Config, out_dir: str, name: str, *, resume: bool, command: str, pro
         on_evaluation=None) -> dict:
     """One training run, fresh or resumed from OUT/NAME.latest.pt, ending in OUT/NAME.json.
     `on_evaluation(row)` sees every evaluation row (a sweep reports them to Ray Tune)."""
-    trainer = Trainer(cfg, out_dir, name, progress=progress)
+    if cfg.pearl:
+        from pearl import PearlTrainer as trainer_class
+    else:
+        trainer_class = Trainer
+    trainer = trainer_class(cfg, out_dir, name, progress=progress)
     trainer.on_evaluation = on_evaluation
     cfg = trainer.cfg
     trainer.commands.append(command)
