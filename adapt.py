@@ -13,6 +13,7 @@ as honest baselines, spends the same environment steps on SAC instead.
     python adapt.py --checkpoint checkpoints/halfcheetah-vel-baseline.pt --task 7.2   # OHE: the one-hot baseline
     python adapt.py --checkpoint checkpoints/halfcheetah-vel-pearl.pt --task 7.2      # PEARL (pearl.py)
     python adapt.py --benchmark [--quick]             # test tasks 3.6, 7.2, 9.5 and 0.5, 11; every method
+    python adapt.py --benchmark release               # EAR, OHE and PEARL on the release's protocol, 3 seeds
 
 Without --env the family is the checkpoint's; without --checkpoint it is
 checkpoints/<env>.pt. A task outside the training range runs with a warning.
@@ -96,6 +97,20 @@ error <= 0.3 m/s or return within 5% of cem's, in <= 45 episodes; out-of-range t
 are reported, not tuned. --quick shrinks every budget to a smoke test on the first and
 last test task only.
 
+Release protocol (--benchmark release): the comparison the authors' working code
+runs, on the test tasks it draws (HalfCheetah-Vel: 10 velocities randint(0, 100) / 10;
+Hopper and Walker: 5 of 0.1..2.0; Ant: 5 directions; a fixed seed, envs.py
+release_test_tasks), for adaptation seeds 1, 3, 5 (--seeds): EAR (--checkpoint) by
+bracket with and without the task's value (--prior task / none) and by cem; OHE
+(--baseline-checkpoint, default <env>-baseline.pt beside it) the same way; PEARL
+(--pearl-checkpoint, default <env>-pearl.pt) by its own protocol. Each search runs
+once per budget of 1, 2, 3, 5, 10, 20, 45 episodes (cem: its 900); PEARL runs 45
+episodes once and is measured after each of those counts. Writes
+results/adapt_release_<env>.json (or --out; rows are reused on a rerun with the same
+checkpoint files, so an interrupted benchmark resumes) and the figure of mean error
+against episodes, with a 95% bootstrap interval over seeds, beside it. A checkpoint
+that is not there is left out with a note.
+
 Python: adapt(policy, task, method="bracket", budget_episodes=None, seed=0) -> report
 dict; main(argv=None).
 """
@@ -103,6 +118,7 @@ dict; main(argv=None).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -123,6 +139,7 @@ METHODS = ("bracket", "cem", "scratch", "finetune")  # for an EAR checkpoint (OH
 PRIORS = ("task", "none")  # what a search may know of the new task: its value, or nothing (rewards only)
 DEFAULT_BUDGET = {"bracket": 45, "cem": 900, "scratch": 45, "finetune": 45, "pearl": 45}  # episodes
 CURVE_EPISODES = (1, 2, 3, 5, 10, 20, 45)  # pearl: the error is measured after these many episodes
+QUICK_EPISODES = (1, 3)  # --benchmark release --quick: the budgets of a smoke test
 CEM_ELITES, CEM_TILES, CEM_SIGMA = 6, 15, 0.5
 FIRST_ROUND_SPAN = 0.75  # bracket round 1 reaches this fraction of angle(z_a, z_b) beyond the start
 MAX_ROUND = 10
@@ -579,6 +596,150 @@ def benchmark(policy, args) -> dict:
             "rows": rows}
 
 
+# The release protocol's comparison (--benchmark release): who adapts, with what.
+RELEASE_ENTRIES = (  # (label, checkpoint kind, method, prior)
+    ("EAR bracket", "ear", "bracket", "task"),
+    ("EAR bracket, rewards only", "ear", "bracket", "none"),
+    ("EAR cem", "ear", "cem", "none"),
+    ("OHE bracket", "ohe", "bracket", "task"),
+    ("OHE bracket, rewards only", "ohe", "bracket", "none"),
+    ("OHE cem", "ohe", "cem", "none"),
+    ("PEARL", "pearl", "pearl", "none"),
+)
+RELEASE_SEEDS = (1, 3, 5)  # the authors' adaptation seeds
+
+
+def load_any(path: str, env_name: str | None = None):
+    """An EAR or OHE policy (policy.load) or a PEARL agent (pearl.load)."""
+    return (pearl.load if pearl.is_checkpoint(path) else load)(path, env_name=env_name)
+
+
+def file_digest(path: str) -> str:
+    """A checkpoint's identity: rows measured on another file of the same name are not reused."""
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()[:16]
+
+
+def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_episodes: int = 10, quick=False,
+                      out: str | None = None) -> dict:
+    """Every entry of RELEASE_ENTRIES whose checkpoint is given, on the family's release
+    test tasks, for every adaptation seed. Searches run once per budget (the error a
+    budget of that many episodes buys); PEARL runs once and is measured after each
+    budget's episode count; cem runs its 900 episodes. One row per (entry, task, seed,
+    budget); the summary gives, per entry and budget, the mean error over tasks per seed
+    and its mean and 95% interval over seeds (analyze.seed_statistics).
+
+    With `out`, the result so far is written there after every (entry, task, seed), and
+    rows already there for the same checkpoint file, protocol and seeds are reused: an
+    interrupted benchmark resumes, and a new checkpoint reruns only its own entries."""
+    nets = {kind: load_any(path) for kind, path in checkpoints.items()}
+    digests = {kind: file_digest(path) for kind, path in checkpoints.items()}
+    family = envs.FAMILIES[next(iter(nets.values())).env_name]
+    tasks = family.release_test_tasks()[:1] if quick else family.release_test_tasks()
+    protocol = {"env": family.name, "tasks": list(tasks), "budgets": list(budgets), "eval_episodes": eval_episodes,
+                "quick": quick}
+    done = {}
+    if out and os.path.exists(out):
+        with open(out) as handle:
+            previous = json.load(handle)
+        if all(previous.get(k) == v for k, v in protocol.items()):
+            for row in previous["rows"]:
+                done.setdefault((row["label"], row["task"], row["seed"], row["digest"]), []).append(row)
+    rows = []
+    for label, kind, method, prior in RELEASE_ENTRIES:
+        if kind not in nets:
+            continue
+        for task in tasks:
+            for seed in seeds:
+                key = (label, task, seed, digests[kind])
+                if key in done:
+                    rows += done[key]
+                    continue
+                common = {"label": label, "checkpoint": checkpoints[kind], "digest": digests[kind], "task": task,
+                          "seed": seed, "method": method, "prior": prior}
+                if method == "pearl":
+                    report = adapt(nets[kind], task, "pearl", max(budgets), seed, eval_episodes=eval_episodes,
+                                   measure_at=budgets)
+                    rows += [{**common, "budget": c["episodes"], "episodes": c["episodes"], "env_steps": c["env_steps"],
+                              "error": c["error"], "return": c["return_measured"], "wall_clock_s": None}
+                             for c in report["curve"] if "error" in c]
+                    rows[-1]["wall_clock_s"] = report["wall_clock_s"]  # the whole run, at its full budget
+                else:
+                    for budget in ((1 if quick else None,) if method == "cem" else budgets):
+                        options = {"cem_rounds": budget} if method == "cem" else {"budget_episodes": budget}
+                        report = adapt(nets[kind], task, method, seed=seed, eval_episodes=eval_episodes, prior=prior,
+                                       **options)
+                        rows.append({**common, **{k: report[k] for k in ("episodes", "env_steps", "error", "return",
+                                                                         "wall_clock_s")},
+                                     "budget": report["episodes"]})
+                if out:
+                    write_json({**protocol, "seeds": list(seeds), "rows": rows, "complete": False}, out)
+    return {**protocol, "seeds": list(seeds), "machine": machine(), "checkpoints": checkpoints,
+            "summary": release_summary(rows, seeds), "rows": rows, "complete": True}
+
+
+def release_summary(rows: list[dict], seeds) -> list[dict]:
+    """Per entry and budget: the mean error over tasks for each seed, then its mean and
+    95% interval over seeds; and the mean wall-clock of one adaptation."""
+    from analyze import seed_statistics  # rliable's bootstrap (requirements-sweep.txt)
+    summary = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = [r for r in rows if r["label"] == label and r["error"] is not None]  # jump, stand: no error
+        for budget in sorted({r["budget"] for r in mine}):
+            at = [r for r in mine if r["budget"] == budget]
+            per_seed = [float(np.mean([r["error"] for r in at if r["seed"] == s])) for s in seeds]
+            walls = [r["wall_clock_s"] for r in at if r["wall_clock_s"] is not None]
+            summary.append({"label": label, "budget": budget, "error": seed_statistics(per_seed, iqm=False),
+                            "wall_clock_s": float(np.mean(walls)) if walls else None})
+    return summary
+
+
+def print_release_summary(result: dict) -> None:
+    unit = envs.FAMILIES[result["env"]].error_unit
+    here = result["machine"]
+    print(f"{result['env']}: tasks {', '.join(f'{t:g}' for t in result['tasks'])}; adaptation seeds "
+          f"{', '.join(map(str, result['seeds']))}; machine {here['cpu']} ({here['cpu_class']})")
+    print(f"{'method':>26} {'episodes':>8} {'mean error':>11} {'95% interval':>17} {'per seed':>24} {'wall s':>7}")
+    for row in result["summary"]:
+        e = row["error"]
+        wall = "-" if row["wall_clock_s"] is None else f"{row['wall_clock_s']:.1f}"
+        print(f"{row['label']:>26} {row['budget']:>8} {e['mean']:>8.3f} {unit:<3}"
+              f"{'[' + format(e['mean_low'], '.3f') + ', ' + format(e['mean_high'], '.3f') + ']':>17} "
+              f"{' '.join(format(v, '.3f') for v in e['values']):>24} {wall:>7}")
+
+
+def plot_release(result: dict, path: str) -> None:
+    """Mean error against episodes used (log axis), one line per method with its
+    interval over seeds; cem's 900 episodes as points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for label in dict.fromkeys(r["label"] for r in result["summary"]):
+        mine = [r for r in result["summary"] if r["label"] == label]
+        xs = [r["budget"] for r in mine]
+        mean = [r["error"]["mean"] for r in mine]
+        low, high = [r["error"]["mean_low"] for r in mine], [r["error"]["mean_high"] for r in mine]
+        line, = ax.plot(xs, mean, marker="o", label=label, linestyle="-" if len(xs) > 1 else "none")
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+        if len(xs) == 1:
+            ax.errorbar(xs, mean, yerr=[[m - l for m, l in zip(mean, low)], [h - m for m, h in zip(mean, high)]],
+                        color=line.get_color(), capsize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("adaptation episodes used")
+    ax.set_ylabel(f"mean task error ({envs.FAMILIES[result['env']].error_unit})")
+    ax.set_title(f"{result['env']}: {len(result['tasks'])} release test tasks, {len(result['seeds'])} seeds "
+                 f"(95% interval over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     torch.set_num_threads(1)  # rollouts of at most a few dozen simulations: one thread is fastest
     parser = ArgumentParser(prog="adapt.py", description=__doc__.split("\n\n")[0])
@@ -600,7 +761,15 @@ def main(argv=None) -> None:
                         help="write the report as JSON (benchmark default: results/adapt_benchmark.json)")
     parser.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                         help="plot best return against env steps (default path: next to --out)")
-    parser.add_argument("--benchmark", action="store_true", help="every method on the family's test tasks")
+    parser.add_argument("--benchmark", nargs="?", const="plotted", default=None, choices=("plotted", "release"),
+                        help="plotted (default): every EAR method on the authors' plotted test tasks; release: "
+                             "EAR, OHE and PEARL on the release protocol's drawn tasks over --seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(RELEASE_SEEDS),
+                        help="--benchmark release: adaptation seeds (the authors': 1 3 5)")
+    parser.add_argument("--baseline-checkpoint", default=None,
+                        help="--benchmark release: the OHE checkpoint, unset: <env>-baseline.pt beside --checkpoint")
+    parser.add_argument("--pearl-checkpoint", default=None,
+                        help="--benchmark release: the PEARL checkpoint, unset: <env>-pearl.pt beside --checkpoint")
     parser.add_argument("--quick", action="store_true", help="tiny budgets for every method (a smoke test)")
     args = parser.parse_args(argv)
     for name in ("budget", "rounds", "eval_episodes"):
@@ -627,11 +796,46 @@ def main(argv=None) -> None:
         parser.error(f"{path} is a PEARL checkpoint: it adapts with --method pearl only" if is_pearl else
                      f"--method pearl needs a PEARL checkpoint (train.py --pearl), not {path}")
     if is_pearl and args.benchmark:
-        parser.error("--benchmark runs the EAR methods; adapt the PEARL checkpoint with --task")
+        parser.error(f"{path} is a PEARL checkpoint; --benchmark takes the EAR one as --checkpoint "
+                     f"(and PEARL's as --pearl-checkpoint)")
     if policy.baseline and args.method not in ("bracket", "cem"):
         parser.error(f"{path} is the one-hot baseline: it adapts with --method bracket or cem (a search over "
                      f"its task input), not {args.method}")
 
+    if args.benchmark == "release":
+        if policy.baseline:
+            parser.error(f"{path} is the one-hot baseline; --benchmark release takes the EAR checkpoint as "
+                         f"--checkpoint (and OHE's as --baseline-checkpoint)")
+        checkpoints = {"ear": path}
+        stem = os.path.splitext(path)[0]
+        for kind, given, suffix in (("ohe", args.baseline_checkpoint, "-baseline.pt"),
+                                    ("pearl", args.pearl_checkpoint, "-pearl.pt")):
+            if given or os.path.exists(stem + suffix):
+                checkpoints[kind] = given or stem + suffix
+            else:
+                print(f"adapt.py: no {stem + suffix}; the comparison runs without {kind.upper()} "
+                      f"(pass --{'baseline' if kind == 'ohe' else 'pearl'}-checkpoint)", file=sys.stderr)
+        flags = {"ear": "--checkpoint", "ohe": "--baseline-checkpoint", "pearl": "--pearl-checkpoint"}
+        try:
+            for kind, other in checkpoints.items():
+                found = load_any(other, env_name=policy.env_name)
+                if (kind == "pearl") != isinstance(found, pearl.PearlAgent) or (kind == "ohe") != bool(found.baseline):
+                    parser.error(f"{other} is not the {kind.upper()} checkpoint {flags[kind]} takes; pass another")
+        except CheckpointError as error:
+            parser.error(str(error))
+        out = args.out or os.path.join("results", f"adapt_release_{policy.env_name}.json")
+        try:
+            budgets = QUICK_EPISODES if args.quick else CURVE_EPISODES
+            result = release_benchmark(checkpoints, args.seeds, budgets, eval_episodes=args.eval_episodes,
+                                       quick=args.quick, out=out)
+            print_release_summary(result)
+            write_json(result, out)
+            png = args.plot or os.path.splitext(out)[0] + ".png"
+            plot_release(result, png)
+        except OSError as error:
+            parser.error(f"cannot write {error.filename} ({error.strerror}); pass a writable --out or --plot path")
+        print(f"wrote {out}\nwrote {png}")
+        return
     if args.benchmark:
         _note_machine(policy, path)
         result = benchmark(policy, args)

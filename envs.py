@@ -346,6 +346,17 @@ class Family:
     # (alpha = 0, alpha = 1), a neighbouring and a distant one, as written on the command line.
     test_tasks: tuple = ()
     pairs: tuple = ()
+    # The release's way of drawing unseen tasks for its adaptation comparison (the
+    # authors' working code, HalfCheetah: randint(0, 100) / 10): `count` integers from
+    # [low, high) divided by `scale`; None: the family's test_tasks serve instead.
+    release_draw: tuple | None = None  # (low, high, scale, count)
+
+    def release_test_tasks(self, seed: int = 0) -> tuple:
+        """The release protocol's test tasks, drawn from a fixed seed (the same every run)."""
+        if self.release_draw is None:
+            return self.test_tasks
+        low, high, scale, count = self.release_draw
+        return tuple(float(v) / scale for v in np.random.default_rng(seed).integers(low, high, count))
 
     @property
     def error_unit(self) -> str:
@@ -430,7 +441,7 @@ FAMILIES = {
     "halfcheetah-vel": Family(
         "halfcheetah-vel", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
         {"default": [float(v) for v in range(1, 11)]}, "HalfCheetah-Vel", 4000, 20.0,
-        test_tasks=(3.6, 7.2, 9.5, 0.5, 11.0), pairs=(("3", "4"), ("2", "8"))),
+        test_tasks=(3.6, 7.2, 9.5, 0.5, 11.0), pairs=(("3", "4"), ("2", "8")), release_draw=(0, 100, 10, 10)),
     "halfcheetah-runjump": Family(
         "halfcheetah-runjump", HALF_CHEETAH_XML, 5, 1, None, "cheetah", 0.1, 0.0, None,
         {"default": [("run", float(v)) for v in range(1, 8)] + [("jump", w) for w in (1.0, 5.0, 10.0)],
@@ -441,16 +452,16 @@ FAMILIES = {
     "hopper-vel": Family(
         "hopper-vel", HOPPER_XML, 4, 1, 10.0, "small", 1e-3, 1.05, _hopper_healthy,
         {"default": _grid(0.2, 2.0, 0.2)}, "Hopper-Vel", 5000, 5.0,
-        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6"))),
+        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6")), release_draw=(1, 21, 10, 5)),
     "walker-vel": Family(
         "walker-vel", WALKER_XML, 4, 1, 10.0, "small", 1e-3, 1.0, _walker_healthy,
         {"default": _grid(0.2, 2.0, 0.2)}, "Walker-Vel", 5000, 5.0,
-        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6"))),
+        test_tasks=(0.3, 0.7, 1.5, 0.1, 2.5), pairs=(("0.8", "1"), ("0.4", "1.6")), release_draw=(1, 21, 10, 5)),
     "ant-dir": Family(
         "ant-dir", ANT_XML, 5, 2, None, "cheetah", 0.5, 1.0, _ant_healthy,
         {"default": [float(d) for d in range(0, 360, 15)]}, "Ant-Dir", 10000, planar=False,
         paper_batch_per_task=80, paper_replay_per_task=50_000,
-        test_tasks=(77.0, 82.0, 97.0, 133.0, 201.0), pairs=(("90", "105"), ("0", "90"))),
+        test_tasks=(77.0, 82.0, 97.0, 133.0, 201.0), pairs=(("90", "105"), ("0", "90")), release_draw=(0, 360, 1, 5)),
 }
 TASK_SETS = {name: fam.task_sets for name, fam in FAMILIES.items()}
 TASK_KINDS = ("run", "jump", "stand")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -990,9 +991,18 @@ def test_pearl_update_trains_the_encoder_through_the_critics_only():
     assert obs_z.grad is None  # no gradient from the actor back into z
 
 
-def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tmp_path):
-    result = run_script("train.py", "--pearl", "--out", str(tmp_path), "--epochs", "2", *TINY_TRAIN)
+@pytest.fixture(scope="module")
+def tiny_pearl(tmp_path_factory):
+    """A PEARL agent meta-trained for 2 tiny epochs by train.py --pearl: its folder."""
+    out = tmp_path_factory.mktemp("pearl")
+    result = run_script("train.py", "--pearl", "--out", str(out), "--epochs", "2", *TINY_TRAIN)
     assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tiny_pearl, tmp_path):
+    for name in os.listdir(tiny_pearl):
+        shutil.copy(tiny_pearl / name, tmp_path / name)
     names = sorted(os.listdir(tmp_path))
     assert names == [f"halfcheetah-vel-pearl.{ext}" for ext in ("csv", "json", "latest.pt", "pt")]
     path = str(tmp_path / "halfcheetah-vel-pearl.pt")
@@ -1017,6 +1027,54 @@ def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tmp_path):
                           "PEARL", "--method pearl")
     assert_one_line_error(run_script("adapt.py", "--checkpoint", _shipped(), "--task", "4.5", "--method", "pearl"),
                           "PEARL checkpoint")
+
+
+def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tmp_path, monkeypatch):
+    """--benchmark release: every entry on the drawn test tasks for every seed, each
+    search at each budget exactly, PEARL measured along one run; intervals over seeds
+    contain the per-seed means; a rerun reuses every row, a changed checkpoint reruns its own."""
+    ear = save_checkpoint(lte_sensitive_policy(), tmp_path / "halfcheetah-vel.pt")
+    torch.manual_seed(0)
+    cfg = {**TINY, "baseline": True, "baseline_hidden": [16]}
+    ohe, _ = build_networks(17, 6, len(TASKS), cfg)
+    ohe.config = cfg
+    save_checkpoint(ohe, tmp_path / "halfcheetah-vel-baseline.pt")
+    shutil.copy(tiny_pearl / "halfcheetah-vel-pearl.pt", tmp_path / "halfcheetah-vel-pearl.pt")
+    out = tmp_path / "release.json"
+    args = ["--checkpoint", ear, "--benchmark", "release", "--quick", "--seeds", "0", "1", "--eval-episodes", "1",
+            "--out", str(out)]
+    first = run_script("adapt.py", *args)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(out.read_text())
+    tasks = envs.FAMILIES["halfcheetah-vel"].release_test_tasks()
+    assert data["tasks"] == list(tasks[:1]) and all(0 <= t < 10 and round(t * 10) == t * 10 for t in tasks)
+    assert data["complete"] and (tmp_path / "release.png").stat().st_size > 0
+    assert {r["label"] for r in data["rows"]} == {label for label, *_ in adapt.RELEASE_ENTRIES}
+    for row in data["rows"]:
+        if row["method"] == "bracket":
+            assert row["episodes"] == row["budget"] and row["budget"] in adapt.QUICK_EPISODES
+        elif row["method"] == "cem":
+            assert row["episodes"] == 90  # --quick: one round
+        else:
+            assert row["env_steps"] <= row["episodes"] * envs.MAX_STEPS
+    pearl_rows = [r for r in data["rows"] if r["label"] == "PEARL" and r["seed"] == 0 and r["task"] == tasks[0]]
+    assert [r["budget"] for r in pearl_rows] == list(adapt.QUICK_EPISODES)
+    assert all(a["env_steps"] < b["env_steps"] for a, b in zip(pearl_rows, pearl_rows[1:]))  # one run, measured along it
+    for entry in data["summary"]:
+        e = entry["error"]
+        assert len(e["values"]) == 2 and e["mean_low"] - 1e-9 <= e["mean"] <= e["mean_high"] + 1e-9
+        assert min(e["values"]) - 1e-9 <= e["mean_low"] and e["mean_high"] <= max(e["values"]) + 1e-9
+    calls = []
+    real = adapt.adapt
+    monkeypatch.setattr(adapt, "adapt", lambda net, *a, **k: calls.append(a[1] if len(a) > 1 else k.get("method")) or real(net, *a, **k))
+    again = run_script("adapt.py", *args)
+    assert again.returncode == 0 and calls == [] and json.loads(out.read_text())["rows"] == data["rows"]
+    torch.manual_seed(1)
+    ohe, _ = build_networks(17, 6, len(TASKS), cfg)  # another OHE file: only its entries rerun
+    ohe.config = cfg
+    save_checkpoint(ohe, tmp_path / "halfcheetah-vel-baseline.pt")
+    assert run_script("adapt.py", *args).returncode == 0
+    assert calls and set(calls) <= {"bracket", "cem"} and len(calls) == 2 * (2 * len(adapt.QUICK_EPISODES) + 1)
 
 
 # ---- sweeps on Ray Tune, aggregated over seeds by analyze.py seeds ---------
