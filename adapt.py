@@ -638,6 +638,8 @@ def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_epi
     tasks = family.release_test_tasks()[:1] if quick else family.release_test_tasks()
     protocol = {"env": family.name, "tasks": list(tasks), "budgets": list(budgets), "eval_episodes": eval_episodes,
                 "quick": quick}
+    any_net = next(iter(nets.values()))
+    outside = [task for task in tasks if bracket_prior(any_net, task)["extrapolates"]]  # beyond the training range
     done = {}
     if out and os.path.exists(out):
         with open(out) as handle:
@@ -674,13 +676,16 @@ def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_epi
                                      "budget": report["episodes"]})
                 if out:
                     write_json({**protocol, "seeds": list(seeds), "rows": rows, "complete": False}, out)
-    return {**protocol, "seeds": list(seeds), "machine": machine(), "checkpoints": checkpoints,
-            "summary": release_summary(rows, seeds), "rows": rows, "complete": True}
+    return {**protocol, "seeds": list(seeds), "outside_training_range": outside, "machine": machine(),
+            "checkpoints": checkpoints, "summary": release_summary(rows, seeds, outside), "rows": rows,
+            "complete": True}
 
 
-def release_summary(rows: list[dict], seeds) -> list[dict]:
+def release_summary(rows: list[dict], seeds, outside=()) -> list[dict]:
     """Per entry and budget: the mean error over tasks for each seed, then its mean and
-    95% interval over seeds; and the mean wall-clock of one adaptation."""
+    95% interval over seeds ("error": every task; "error_in_range": the tasks inside
+    the training range only, when some lie outside); and the mean wall-clock of one
+    adaptation."""
     from analyze import seed_statistics  # rliable's bootstrap (requirements-sweep.txt)
     summary = []
     for label in dict.fromkeys(r["label"] for r in rows):
@@ -689,23 +694,31 @@ def release_summary(rows: list[dict], seeds) -> list[dict]:
             at = [r for r in mine if r["budget"] == budget]
             per_seed = [float(np.mean([r["error"] for r in at if r["seed"] == s])) for s in seeds]
             walls = [r["wall_clock_s"] for r in at if r["wall_clock_s"] is not None]
-            summary.append({"label": label, "budget": budget, "error": seed_statistics(per_seed, iqm=False),
-                            "wall_clock_s": float(np.mean(walls)) if walls else None})
+            entry = {"label": label, "budget": budget, "error": seed_statistics(per_seed, iqm=False),
+                     "wall_clock_s": float(np.mean(walls)) if walls else None}
+            inside = [r for r in at if r["task"] not in outside]
+            if outside and inside:
+                entry["error_in_range"] = seed_statistics(
+                    [float(np.mean([r["error"] for r in inside if r["seed"] == s])) for s in seeds], iqm=False)
+            summary.append(entry)
     return summary
 
 
 def print_release_summary(result: dict) -> None:
     unit = envs.FAMILIES[result["env"]].error_unit
     here = result["machine"]
-    print(f"{result['env']}: tasks {', '.join(f'{t:g}' for t in result['tasks'])}; adaptation seeds "
-          f"{', '.join(map(str, result['seeds']))}; machine {here['cpu']} ({here['cpu_class']})")
-    print(f"{'method':>26} {'episodes':>8} {'mean error':>11} {'95% interval':>17} {'per seed':>24} {'wall s':>7}")
+    outside = result.get("outside_training_range", [])
+    print(f"{result['env']}: tasks {', '.join(f'{t:g}' for t in result['tasks'])}"
+          f"{' (outside the training range: ' + ', '.join(f'{t:g}' for t in outside) + ')' if outside else ''}; "
+          f"adaptation seeds {', '.join(map(str, result['seeds']))}; machine {here['cpu']} ({here['cpu_class']})")
+    interval = lambda e: f"{e['mean']:.3f} [{e['mean_low']:.3f}, {e['mean_high']:.3f}]"
+    print(f"{'method':>26} {'episodes':>8} {'mean error (' + unit + '), 95% interval':>30} "
+          f"{'in the training range':>24} {'per seed':>20} {'wall s':>7}")
     for row in result["summary"]:
-        e = row["error"]
         wall = "-" if row["wall_clock_s"] is None else f"{row['wall_clock_s']:.1f}"
-        print(f"{row['label']:>26} {row['budget']:>8} {e['mean']:>8.3f} {unit:<3}"
-              f"{'[' + format(e['mean_low'], '.3f') + ', ' + format(e['mean_high'], '.3f') + ']':>17} "
-              f"{' '.join(format(v, '.3f') for v in e['values']):>24} {wall:>7}")
+        inside = interval(row["error_in_range"]) if "error_in_range" in row else "-"
+        print(f"{row['label']:>26} {row['budget']:>8} {interval(row['error']):>30} {inside:>24} "
+              f"{' '.join(format(v, '.3f') for v in row['error']['values']):>20} {wall:>7}")
 
 
 def plot_release(result: dict, path: str) -> None:

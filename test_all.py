@@ -1049,6 +1049,7 @@ def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tm
     tasks = envs.FAMILIES["halfcheetah-vel"].release_test_tasks()
     assert data["tasks"] == list(tasks[:1]) and all(0 <= t < 10 and round(t * 10) == t * 10 for t in tasks)
     assert data["complete"] and (tmp_path / "release.png").stat().st_size > 0
+    assert data["outside_training_range"] == [] and all("error_in_range" not in e for e in data["summary"])  # 8.5 m/s
     assert {r["label"] for r in data["rows"]} == {label for label, *_ in adapt.RELEASE_ENTRIES}
     for row in data["rows"]:
         if row["method"] == "bracket":
