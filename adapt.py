@@ -37,7 +37,9 @@ Methods (--method):
             to rounds of at most 10.
   The one-hot baseline (OHE, train.py --baseline) adapts with bracket or cem too: the
             same searches over unit vectors in its task-input space R^T, where the
-            training tasks are the one-hot rows (the authors' working code runs CEM there).
+            training tasks are the one-hot rows (the authors' working code runs CEM there);
+            its finetune trains the whole pretrained network on one fixed task input
+            (the bracket start in R^T, else the first one-hot row), scratch is as for EAR.
   --prior none (every method sees returns only, as a meta-RL method does): bracket
             never reads the task's value or kind and starts as for a task with no
             bracket (every training LTE once, then the local search around the best);
@@ -107,8 +109,9 @@ bracket with and without the task's value (--prior task / none) and by cem; OHE
 once per budget of 1, 2, 3, 5, 10, 20, 45 episodes (cem: its 900); PEARL runs 45
 episodes once and is measured after each of those counts. Writes
 results/adapt_release_<env>.json (or --out; rows are reused on a rerun with the same
-checkpoint files, so an interrupted benchmark resumes) and the figure of mean error
-against episodes, with a 95% bootstrap interval over seeds, beside it. A checkpoint
+checkpoint files, so an interrupted benchmark resumes), and beside it the figure of
+mean error against episodes with a 95% bootstrap interval over seeds (.png) and the
+table (.md). A checkpoint
 that is not there is left out with a note.
 
 Python: adapt(policy, task, method="bracket", budget_episodes=None, seed=0) -> report
@@ -365,11 +368,21 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     """scratch / finetune (module docstring), on train.py's Trainer for collection and
     replay. Returns (network, its LTE input, cost dict)."""
     from train import Trainer
-    cfg = _base_config(policy, baseline=method == "scratch", seed=seed, batch_per_task=SAC_BATCH,
+    cfg = _base_config(policy, baseline=method == "scratch" or policy.baseline, seed=seed, batch_per_task=SAC_BATCH,
                        replay_per_task=max(budget_steps, 1))
     torch.manual_seed(seed)
     net, critic = build_networks(policy.obs_dim, policy.act_dim, 1, asdict(cfg))
-    if method == "finetune":
+    if method == "finetune" and policy.baseline:
+        # OHE: the whole pretrained network on a one-task input; the first layer's task
+        # columns applied to the start input u become the one column, so at step 0 it
+        # acts exactly as the pretrained network under u, and every weight trains.
+        with torch.no_grad():
+            first, source = net.net[0], policy.net[0]
+            net.net.load_state_dict({k: v for k, v in policy.net.state_dict().items() if k != "0.weight"}, strict=False)
+            u = torch.as_tensor(prior["guess"], dtype=source.weight.dtype)
+            first.weight.copy_(torch.cat([source.weight[:, :policy.obs_dim],
+                                          (source.weight[:, policy.obs_dim:] @ u)[:, None]], dim=1))
+    elif method == "finetune":
         net.state_encoder.load_state_dict(policy.state_encoder.state_dict())
         net.decoder.load_state_dict(policy.decoder.state_dict())
         last = net.task_encoder[-1]  # output = bias = the starting LTE; weight and bias stay trainable
@@ -381,7 +394,7 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
         with torch.no_grad():
             trainer.sac.log_alpha.fill_(math.log(FINETUNE_ALPHA))
     eval_env = envs.make(policy.env_name, tasks=[task] * SAC_EVAL_EPISODES)
-    eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if method == "scratch"
+    eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if net.baseline
                           else np.repeat(net.task_embeddings, SAC_EVAL_EPISODES, axis=0))
     best_return, best_state, curve = -math.inf, None, []
     for step in range(1, budget_steps + 1):
@@ -396,7 +409,7 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     episodes = trainer.episodes_finished + (0 if trainer.env.episode_step[0] == 0 else 1)
     if best_state is not None:
         net.load_state_dict(best_state)
-    lte = None if method == "scratch" else net.task_embeddings[0]
+    lte = None if net.baseline else net.task_embeddings[0]
     return net, lte, {"episodes": episodes, "env_steps": budget_steps, "curve": curve}
 
 
@@ -439,8 +452,6 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         raise ValueError(f"unknown prior {prior!r}; valid: {', '.join(PRIORS)}")
     if not policy.env_name:
         raise ValueError("adaptation needs a policy loaded with policy.load (its env_name and tasks)")
-    if policy.baseline and method not in ("bracket", "cem"):
-        raise ValueError(f"the one-hot baseline adapts by bracket or cem over its task input, not {method}")
     parse = envs.parse_task if isinstance(task, str) else envs.normalize_task
     task = parse(policy.env_name, task)
     budget = DEFAULT_BUDGET[method] if budget_episodes is None else int(budget_episodes)
@@ -721,6 +732,34 @@ def print_release_summary(result: dict) -> None:
               f"{' '.join(format(v, '.3f') for v in row['error']['values']):>20} {wall:>7}")
 
 
+def release_markdown(result: dict) -> str:
+    """The summary as Markdown: mean error [95% interval over seeds] per method and
+    budget, over every task and over the tasks inside the training range."""
+    unit = envs.FAMILIES[result["env"]].error_unit
+    budgets = sorted({row["budget"] for row in result["summary"]})
+    here = result["machine"]
+    lines = [f"{result['env']}, release test tasks {', '.join(f'{t:g}' for t in result['tasks'])}, adaptation seeds "
+             f"{', '.join(map(str, result['seeds']))}; mean error ({unit}) over the tasks, then mean and 95% "
+             f"bootstrap interval over seeds; {result['eval_episodes']} deterministic measurement episodes per "
+             f"adaptation; {here['cpu']} ({here['cpu_class']}), torch {here['torch']}.", ""]
+    outside = result.get("outside_training_range", [])
+    for key, title in (("error", "every task"), ("error_in_range", "tasks inside the training range")):
+        if key == "error_in_range" and not outside:
+            continue
+        lines += [f"**{title}**" + (f" (outside: {', '.join(f'{t:g}' for t in outside)})" if key == "error" and outside
+                                    else ""), "",
+                  "| method | " + " | ".join(f"{b} ep." for b in budgets) + " | wall s (largest budget) |",
+                  "|---|" + "---|" * (len(budgets) + 1)]
+        for label in dict.fromkeys(row["label"] for row in result["summary"]):
+            mine = {row["budget"]: row for row in result["summary"] if row["label"] == label}
+            cells = [f"{mine[b][key]['mean']:.3f} [{mine[b][key]['mean_low']:.3f}, {mine[b][key]['mean_high']:.3f}]"
+                     if b in mine and key in mine[b] else "" for b in budgets]
+            wall = mine[max(mine)]["wall_clock_s"]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {'' if wall is None else f'{wall:.1f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_release(result: dict, path: str) -> None:
     """Mean error against episodes used (log axis), one line per method with its
     interval over seeds; cem's 900 episodes as points."""
@@ -811,9 +850,6 @@ def main(argv=None) -> None:
     if is_pearl and args.benchmark:
         parser.error(f"{path} is a PEARL checkpoint; --benchmark takes the EAR one as --checkpoint "
                      f"(and PEARL's as --pearl-checkpoint)")
-    if policy.baseline and args.method not in ("bracket", "cem"):
-        parser.error(f"{path} is the one-hot baseline: it adapts with --method bracket or cem (a search over "
-                     f"its task input), not {args.method}")
 
     if args.benchmark == "release":
         if policy.baseline:
@@ -845,9 +881,11 @@ def main(argv=None) -> None:
             write_json(result, out)
             png = args.plot or os.path.splitext(out)[0] + ".png"
             plot_release(result, png)
+            table = os.path.splitext(out)[0] + ".md"
+            atomic_write_text(release_markdown(result), table)
         except OSError as error:
             parser.error(f"cannot write {error.filename} ({error.strerror}); pass a writable --out or --plot path")
-        print(f"wrote {out}\nwrote {png}")
+        print(f"wrote {out}\nwrote {png}\nwrote {table}")
         return
     if args.benchmark:
         _note_machine(policy, path)

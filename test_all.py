@@ -1049,6 +1049,7 @@ def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tm
     tasks = envs.FAMILIES["halfcheetah-vel"].release_test_tasks()
     assert data["tasks"] == list(tasks[:1]) and all(0 <= t < 10 and round(t * 10) == t * 10 for t in tasks)
     assert data["complete"] and (tmp_path / "release.png").stat().st_size > 0
+    assert "| PEARL |" in (tmp_path / "release.md").read_text()
     assert data["outside_training_range"] == [] and all("error_in_range" not in e for e in data["summary"])  # 8.5 m/s
     assert {r["label"] for r in data["rows"]} == {label for label, *_ in adapt.RELEASE_ENTRIES}
     for row in data["rows"]:
@@ -1268,6 +1269,11 @@ def test_shipped_checkpoints_load_and_reproduce():
         pytest.skip("no shipped checkpoints")
     for name in shipped:
         data = torch.load(os.path.join(folder, name), weights_only=True)
+        if data["config"].get("pearl"):  # its evaluation used context from its replay, which is not shipped
+            agent = pearl.load(os.path.join(folder, name))
+            report = adapt.adapt(agent, agent.tasks[0], "pearl", budget_episodes=2, eval_episodes=1, measure_at=())
+            assert agent.env_name == data["env_name"] and report["episodes"] == 2 and math.isfinite(report["error"])
+            continue
         loaded = policy_module.load(os.path.join(folder, name))
         assert loaded.env_name == data["env_name"] and len(loaded.tasks) > 0
         env = envs.make(loaded.env_name, tasks=loaded.tasks, seed=data["config"]["seed"] + 10_000)
@@ -1422,8 +1428,14 @@ def test_one_hot_baseline_adapts_by_searching_its_task_input(monkeypatch, tmp_pa
     norms = np.linalg.norm(np.concatenate(seen), axis=1)
     assert np.concatenate(seen).shape[1] == len(TASKS) and np.all(np.abs(norms - 1) < 1e-6)
     assert adapt.adapt(net, 4.5, "cem", cem_rounds=1, eval_episodes=1)["episodes"] == 90
-    with pytest.raises(ValueError, match="one-hot baseline"):
-        adapt.adapt(net, 4.5, "finetune", budget_steps=10)
+    # Its full fine-tune: at step 0 the one-task copy acts as the pretrained network under the start input.
+    prior = adapt.bracket_prior(net, 4.5)
+    tuned, lte, cost = adapt.train_sac(net, 4.5, "finetune", 0, 0, prior)
+    obs0 = np.random.default_rng(1).standard_normal((3, 17))
+    np.testing.assert_allclose(tuned.act(obs0, np.zeros(3, dtype=np.int64)),
+                               net.act(obs0, np.repeat(prior["start"][None], 3, axis=0)), atol=1e-5)
+    report = adapt.adapt(net, 4.5, "finetune", budget_steps=300, warmup_steps=100, eval_every=150, eval_episodes=1)
+    assert report["env_steps"] == 300 and report["lte"] is None and report["start_lte"] is not None
     # The same actions for a one-hot row as for its task id.
     obs = np.random.default_rng(0).standard_normal((3, 17))
     np.testing.assert_allclose(net.act(obs, np.eye(len(TASKS))[[0, 4, 9]]), net.act(obs, np.array([0, 4, 9])), atol=1e-6)
