@@ -527,6 +527,16 @@ def write_json(data, path: str) -> None:
     atomic_write_text(json.dumps(data, indent=1) + "\n", path)
 
 
+def save_figure(fig, path: str) -> None:
+    """Write a figure as PNG (its folder made if missing) and free it."""
+    import matplotlib.pyplot as plt
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_curves(reports: list[dict], path: str) -> None:
     """Best return against environment steps, one line per method."""
     import matplotlib
@@ -544,11 +554,7 @@ def plot_curves(reports: list[dict], path: str) -> None:
     ax.set_title(f"few-shot adaptation: {first['env']}, task {first['task']}")
     ax.legend()
     ax.grid(alpha=0.3)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_methods(policy, task, methods, args, quick=False) -> list[dict]:
@@ -785,11 +791,7 @@ def plot_release(result: dict, path: str) -> None:
                  f"(95% interval over seeds)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:
