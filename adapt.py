@@ -709,14 +709,14 @@ def release_summary(rows: list[dict], seeds, outside=()) -> list[dict]:
         mine = [r for r in rows if r["label"] == label and r["error"] is not None]  # jump, stand: no error
         for budget in sorted({r["budget"] for r in mine}):
             at = [r for r in mine if r["budget"] == budget]
-            per_seed = [float(np.mean([r["error"] for r in at if r["seed"] == s])) for s in seeds]
+            over_seeds = lambda some: seed_statistics(
+                [float(np.mean([r["error"] for r in some if r["seed"] == s])) for s in seeds], iqm=False)
             walls = [r["wall_clock_s"] for r in at if r["wall_clock_s"] is not None]
-            entry = {"label": label, "budget": budget, "error": seed_statistics(per_seed, iqm=False),
+            entry = {"label": label, "budget": budget, "error": over_seeds(at),
                      "wall_clock_s": float(np.mean(walls)) if walls else None}
             inside = [r for r in at if r["task"] not in outside]
             if outside and inside:
-                entry["error_in_range"] = seed_statistics(
-                    [float(np.mean([r["error"] for r in inside if r["seed"] == s])) for s in seeds], iqm=False)
+                entry["error_in_range"] = over_seeds(inside)
             summary.append(entry)
     return summary
 
@@ -841,7 +841,7 @@ def main(argv=None) -> None:
             parser.error(str(error))
     path = args.checkpoint or os.path.join("checkpoints", f"{args.env or 'halfcheetah-vel'}.pt")
     try:
-        policy = (pearl.load if pearl.is_checkpoint(path) else load)(path, env_name=args.env)
+        policy = load_any(path, env_name=args.env)
     except CheckpointError as error:
         parser.error(str(error))
     is_pearl = isinstance(policy, pearl.PearlAgent)
