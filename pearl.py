@@ -18,14 +18,16 @@ PEARL infers the task from experience instead of searching an embedding:
                       the actor and the temperature see z detached
 
 Facts from the authors' code (oyster, cheetah-vel), kept: a 5-d latent, the context
-encoder an MLP of 3 x 200, KL weight 0.1, 100 context transitions per task, context
-(o, a, r) without the next observation. Ours, for a like-for-like comparison with
-EAR on the same CPU budget: the actor and critic sizes, learning rate, batch, loop and
-learned temperature of train.py's fast preset (the release's fixed temperature and
-reward scale 5 are replaced by the same automatic temperature EAR trains with); the
-context is drawn from the task's replay (oyster keeps a second buffer of recent
-prior-z data for it); every episode of collection samples its z once, half of the
-episodes from the prior and half from the posterior given context from the replay.
+encoder an MLP of 3 x 200, KL weight 0.1, reward scale 5 in the critics' target (the
+weight of the Bellman error against the KL term rests on it), 100 context transitions
+per task, context (o, a, r) without the next observation, drawn from a second buffer
+per task that holds only the most recent transitions collected with z from the prior
+(the data an adaptation starts from), while the SAC batch comes from the whole replay.
+Ours, for a like-for-like comparison with EAR on the same CPU budget: the actor and
+critic sizes, learning rate, batch, loop and learned temperature of train.py's fast
+preset (the release's fixed temperature is replaced by the automatic one EAR trains
+with); every episode of collection samples its z once, half of the episodes from the
+prior and half from the posterior given the task's context buffer.
 
 Adaptation (`adapt_episodes`, oyster's protocol): episode 1 acts with z drawn from the
 prior; after each episode its transitions join the context, the posterior is
@@ -48,6 +50,8 @@ from train import Trainer, saved_config
 LATENT_DIM = 5  # dimension of z
 CONTEXT_HIDDEN = [200, 200, 200]  # the context encoder's MLP
 CONTEXT_SIZE = 100  # context transitions per task in every update
+CONTEXT_CAPACITY = 400  # per task, the most recent prior-z transitions kept for context (two episodes)
+REWARD_SCALE = 5.0  # multiplies r in the critics' target (train.py --pearl sets reward_scale)
 KL_WEIGHT = 0.1  # weight of KL(q(z|c) || N(0, I)) in the encoder's loss
 MIN_VARIANCE = 1e-7  # floor of each factor's variance
 
@@ -125,10 +129,38 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
     return agent, critic
 
 
-def context_of(batch: dict, num_tasks: int) -> torch.Tensor:
-    """(o, a, r) of a task-balanced replay sample, as (T, C, obs+act+1)."""
-    rows = torch.cat([batch["obs"], batch["action"], batch["reward"].unsqueeze(-1)], dim=-1)
-    return rows.reshape(num_tasks, -1, rows.shape[-1])
+class ContextBuffer:
+    """Per task, a ring of the last `capacity` (o, a, r) rows collected with z from the
+    prior: what the encoder learns to read, as an adaptation's first episodes give it."""
+
+    def __init__(self, num_tasks: int, row_dim: int, capacity: int = CONTEXT_CAPACITY):
+        self.rows = torch.zeros(num_tasks, capacity, row_dim)
+        self.count = torch.zeros(num_tasks, dtype=torch.long)  # rows ever written, per task
+
+    def add(self, obs, action, reward, which: np.ndarray) -> None:
+        """Append one step's rows of the tasks in the boolean mask `which`."""
+        tasks = torch.as_tensor(np.flatnonzero(which))
+        if len(tasks):
+            row = torch.as_tensor(np.concatenate([obs, action, reward[:, None]], axis=1), dtype=torch.float32)
+            self.rows[tasks, self.count[tasks] % self.rows.shape[1]] = row[tasks]
+            self.count[tasks] += 1
+
+    def ready(self) -> torch.Tensor:
+        """Which tasks hold any context yet."""
+        return self.count > 0
+
+    def sample(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """`size` rows per task, uniformly from what each holds: (T, size, row_dim).
+        Tasks with none give zeros (callers use the prior for them)."""
+        filled = self.count.clamp(max=self.rows.shape[1]).clamp(min=1)
+        index = (torch.rand(len(filled), size, generator=generator) * filled[:, None]).long()
+        return self.rows[torch.arange(len(filled))[:, None], index]
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows.copy_(state["rows"]), self.count.copy_(state["count"])
 
 
 class PearlSAC(SAC):
@@ -147,8 +179,8 @@ class PearlSAC(SAC):
 
 
 class PearlTrainer(Trainer):
-    """train.py's loop for PEARL: z per episode in collection, context per update,
-    posterior means from each task's replay as the evaluation's inputs."""
+    """train.py's loop for PEARL: z per episode in collection, context per update from
+    the context buffer, posterior means from it as the evaluation's inputs."""
 
     learner = PearlSAC
     build_networks = staticmethod(build_networks)
@@ -157,16 +189,20 @@ class PearlTrainer(Trainer):
         super().__init__(*args, **kwargs)
         # each simulation's z for its current episode (a resumed run starts from the prior's mean)
         self.z = np.zeros((self.env.num_tasks, LATENT_DIM))
+        self.from_prior = np.ones(self.env.num_tasks, dtype=bool)  # whether each current episode's z is a prior draw
+        self.context = ContextBuffer(self.env.num_tasks, self.env.obs_dim + self.env.act_dim + 1)
+
+    def context_sample(self) -> torch.Tensor:
+        return self.context.sample(CONTEXT_SIZE, self.generator).to(self.cfg.device)
 
     def task_posteriors(self, sample: bool) -> np.ndarray:
-        """Per task, z from the posterior given CONTEXT_SIZE transitions of its replay
-        (a draw, or the mean); the prior's mean while the replay is empty."""
+        """Per task, z from the posterior given CONTEXT_SIZE transitions of its context
+        buffer (a draw, or the mean); the prior (a draw, or its mean) while it is empty."""
         T = self.env.num_tasks
-        if self.replay.size == 0:
-            return np.zeros((T, LATENT_DIM))
         with torch.no_grad():
-            context = context_of(self.replay.sample(CONTEXT_SIZE, self.generator), T)
-            mean, variance = self.sac.policy.encoder(context)
+            mean, variance = self.sac.policy.encoder(self.context_sample())
+            ready = self.context.ready().to(mean.device)[:, None]
+            mean, variance = torch.where(ready, mean, 0.0), torch.where(ready, variance, 1.0)
             z = mean + variance.sqrt() * torch.randn_like(mean) if sample else mean
         return z.double().cpu().numpy()
 
@@ -179,25 +215,34 @@ class PearlTrainer(Trainer):
                 posterior = self.task_posteriors(sample=True)
                 prior = self.env.rng.standard_normal((T, LATENT_DIM))
                 self.z[starting] = np.where(from_prior[:, None], prior, posterior)[starting]
+                self.from_prior[starting] = from_prior[starting]
             action = self.sac.policy.act(self.obs, self.z, deterministic=False)
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             self.replay.add(self.obs, action, reward, info["final_obs"], terminated)
+            self.context.add(self.obs, action, reward, self.from_prior)
             self.obs = next_obs
             self.env_steps += T
             self.episodes_finished += int(np.sum(terminated | truncated))
 
     def update(self) -> list[dict]:
-        T, cfg = self.env.num_tasks, self.cfg
+        cfg = self.cfg
         losses = []
         for _ in range(cfg.updates_per_epoch):
             batch = self.replay.sample(cfg.batch_per_task, self.generator)
-            context = context_of(self.replay.sample(CONTEXT_SIZE, self.generator), T)
-            losses.append(self.sac.update(batch, context))
+            losses.append(self.sac.update(batch, self.context_sample()))
         self.updates += cfg.updates_per_epoch
         return losses
 
     def evaluation_inputs(self):
         return self.task_posteriors(sample=False)
+
+    def extra_state(self) -> dict:
+        return {"context": self.context.state_dict(), "z": torch.as_tensor(self.z),
+                "from_prior": torch.as_tensor(self.from_prior)}
+
+    def load_extra_state(self, data: dict) -> None:
+        self.context.load_state_dict(data["context"])
+        self.z[:], self.from_prior[:] = data["z"].numpy(), data["from_prior"].numpy()
 
 
 def is_checkpoint(path: str) -> bool:

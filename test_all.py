@@ -979,8 +979,7 @@ def test_pearl_update_trains_the_encoder_through_the_critics_only():
     agent, critic = pearl.build_networks(17, 6, 4, cfg)
     learner = pearl.PearlSAC(agent, critic, 6, cfg)
     batch = random_batch()
-    context = pearl.context_of(random_batch(n_per_task=pearl.CONTEXT_SIZE, seed=1), 4)
-    assert context.shape == (4, pearl.CONTEXT_SIZE, 17 + 6 + 1)
+    context = torch.randn(4, pearl.CONTEXT_SIZE, 17 + 6 + 1)
     before = [p.detach().clone() for p in agent.encoder.parameters()]
     stats = learner.update(batch, context)
     assert math.isfinite(float(stats["kl"])) and float(stats["kl"]) > 0
@@ -989,6 +988,22 @@ def test_pearl_update_trains_the_encoder_through_the_critics_only():
     action, log_prob = agent(obs_z)
     (action.sum() + log_prob.sum()).backward()
     assert obs_z.grad is None  # no gradient from the actor back into z
+
+
+def test_pearl_context_buffer_keeps_each_tasks_latest_prior_rows_only():
+    buffer = pearl.ContextBuffer(num_tasks=3, row_dim=3, capacity=4)
+    assert not buffer.ready().any()
+    for step in range(6):  # task 0 always from the prior, task 1 never, task 2 from step 3 on
+        which = np.array([True, False, step >= 3])
+        buffer.add(np.full((3, 1), step), np.zeros((3, 1)), -np.ones(3), which)
+    assert buffer.ready().tolist() == [True, False, True]
+    context = buffer.sample(50, torch.Generator().manual_seed(0))
+    assert context.shape == (3, 50, 3)
+    assert set(context[0, :, 0].tolist()) == {2.0, 3.0, 4.0, 5.0}  # the ring's latest four
+    assert set(context[2, :, 0].tolist()) == {3.0, 4.0, 5.0} and (context[2, :, 2] == -1).all()
+    restored = pearl.ContextBuffer(num_tasks=3, row_dim=3, capacity=4)
+    restored.load_state_dict(buffer.state_dict())
+    assert torch.equal(restored.rows, buffer.rows) and torch.equal(restored.count, buffer.count)
 
 
 @pytest.fixture(scope="module")
@@ -1008,6 +1023,9 @@ def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tiny_pearl, 
     path = str(tmp_path / "halfcheetah-vel-pearl.pt")
     data = torch.load(path, weights_only=True)
     assert data["config"]["pearl"] and data["env_name"] == "halfcheetah-vel"
+    assert data["config"]["reward_scale"] == pearl.REWARD_SCALE
+    latest = torch.load(tmp_path / "halfcheetah-vel-pearl.latest.pt", weights_only=True)
+    assert latest["context"]["count"].sum() > 0  # the resumable state carries the context buffer
     with pytest.raises(policy_module.CheckpointError, match="PEARL"):
         policy_module.load(path)
     resumed = run_script("train.py", "--pearl", "--out", str(tmp_path), "--epochs", "3", "--resume", *TINY_TRAIN)

@@ -250,8 +250,15 @@ class Trainer:
                      env_state={"qpos": torch.as_tensor(self.env.qpos.copy()),
                                 "qvel": torch.as_tensor(self.env.qvel.copy()),
                                 "rng": self.env.rng.bit_generator.state},
-                     torch_rng=torch.get_rng_state(), generator=self.generator.get_state())
+                     torch_rng=torch.get_rng_state(), generator=self.generator.get_state(), **self.extra_state())
         atomic_save(state, self.paths["latest"])
+
+    def extra_state(self) -> dict:
+        """What a subclass adds to the resumable checkpoint (pearl.py: its context buffer)."""
+        return {}
+
+    def load_extra_state(self, data: dict) -> None:
+        """Restores `extra_state()` from a resumable checkpoint."""
 
     def save_best(self, metrics: dict) -> None:
         state = self._header()
@@ -284,6 +291,7 @@ class Trainer:
         self.env.rng.bit_generator.state = data["env_state"]["rng"]
         torch.set_rng_state(data["torch_rng"])
         self.generator.set_state(data["generator"])
+        self.load_extra_state(data)
 
     # ---- the loop -------------------------------------------------------
 
@@ -796,6 +804,9 @@ def main(argv=None) -> None:
         cfg = preset(args.preset, args.env)
         cfg = replace(cfg, task_set=args.tasks, seed=args.seed, baseline=args.baseline, pearl=args.pearl,
                       device=args.device)
+        if args.pearl:
+            from pearl import REWARD_SCALE
+            cfg = replace(cfg, reward_scale=REWARD_SCALE)
         if args.epochs is not None:
             cfg = replace(cfg, epochs=args.epochs)
         cfg = parse_overrides(cfg, args.overrides)
