@@ -638,7 +638,7 @@ def file_digest(path: str) -> str:
 
 
 def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_episodes: int = 10, quick=False,
-                      out: str | None = None) -> dict:
+                      out: str | None = None, nets: dict | None = None) -> dict:
     """Every entry of RELEASE_ENTRIES whose checkpoint is given, on the family's release
     test tasks, for every adaptation seed. Searches run once per budget (the error a
     budget of that many episodes buys); PEARL runs once and is measured after each
@@ -648,8 +648,9 @@ def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_epi
 
     With `out`, the result so far is written there after every (entry, task, seed), and
     rows already there for the same checkpoint file, protocol and seeds are reused: an
-    interrupted benchmark resumes, and a new checkpoint reruns only its own entries."""
-    nets = {kind: load_any(path) for kind, path in checkpoints.items()}
+    interrupted benchmark resumes, and a new checkpoint reruns only its own entries.
+    `nets`: the checkpoints already loaded, by the same keys (default: loaded here)."""
+    nets = nets or {kind: load_any(path) for kind, path in checkpoints.items()}
     digests = {kind: file_digest(path) for kind, path in checkpoints.items()}
     family = envs.FAMILIES[next(iter(nets.values())).env_name]
     tasks = family.release_test_tasks()[:1] if quick else family.release_test_tasks()
@@ -867,9 +868,10 @@ def main(argv=None) -> None:
                 print(f"adapt.py: no {stem + suffix}; the comparison runs without {kind.upper()} "
                       f"(pass --{'baseline' if kind == 'ohe' else 'pearl'}-checkpoint)", file=sys.stderr)
         flags = {"ear": "--checkpoint", "ohe": "--baseline-checkpoint", "pearl": "--pearl-checkpoint"}
+        nets = {}
         try:
             for kind, other in checkpoints.items():
-                found = load_any(other, env_name=policy.env_name)
+                found = nets[kind] = policy if kind == "ear" else load_any(other, env_name=policy.env_name)
                 if (kind == "pearl") != isinstance(found, pearl.PearlAgent) or (kind == "ohe") != bool(found.baseline):
                     parser.error(f"{other} is not the {kind.upper()} checkpoint {flags[kind]} takes; pass another")
         except CheckpointError as error:
@@ -878,7 +880,7 @@ def main(argv=None) -> None:
         try:
             budgets = QUICK_EPISODES if args.quick else CURVE_EPISODES
             result = release_benchmark(checkpoints, args.seeds, budgets, eval_episodes=args.eval_episodes,
-                                       quick=args.quick, out=out)
+                                       quick=args.quick, out=out, nets=nets)
             print_release_summary(result)
             write_json(result, out)
             png = args.plot or os.path.splitext(out)[0] + ".png"

@@ -1241,6 +1241,27 @@ def _at_least(kind, low=1):
     return parse
 
 
+# (flags, argparse options, the subcommands that take them); "all" takes every one
+OPTIONS = [
+    (("--episodes",), dict(type=_at_least(int), default=10, help="episodes per task or embedding"),
+     ("evaluate", "interpolate", "compose", "ablation")),
+    (("--alphas",), dict(type=_at_least(int, 2), default=11, help="mixing weights in [0, 1]"), ("interpolate", "compose")),
+    (("--directions",), dict(type=_at_least(int, 4), default=400, help="lattice directions on the sphere"), ("sphere",)),
+    (("--pair",), dict(nargs=2, action="append", metavar=("A", "B"), default=None,
+                       help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (repeatable; default: a "
+                            "neighbouring and a distant pair)%(default).0s"), ("interpolate", "render")),
+    (("--run",), dict(default=None, help="run task, e.g. run:4 (default: the median run task)%(default).0s"), ("compose",)),
+    (("--jump",), dict(default=None, help="jump task, e.g. jump:10 (default: the strongest)%(default).0s"), ("compose",)),
+    (("--stand",), dict(default=None, help="stand task, if the checkpoint has one (default: the strongest)%(default).0s"),
+     ("compose",)),
+    (("--mix",), dict(type=float, default=0.5, help="nlerp weight of the second motion"), ("compose",)),
+    (("--airborne-height",), dict(type=float, default=0.2, help="root height z (m) counted as airborne"), ("compose",)),
+    (("--frames",), dict(type=_at_least(int), default=8, help="frames per filmstrip row"), ("render",)),
+    (("--no-gif",), dict(dest="gif", action="store_false", default=True, help="filmstrip only%(default).0s"), ("render",)),
+    (("--no-progress",), dict(action="store_true", default=False, help="no progress bar%(default).0s"), ()),
+]
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,seeds,all}")
@@ -1253,21 +1274,13 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--env", action="append", default=None, help="family to analyse (repeatable; default: every "
                        "family with a checkpoint)%(default).0s")
         p.add_argument("--seed", type=int, default=0, help="seed of the resets and of the stochastic actions")
-        p.add_argument("--episodes", type=_at_least(int), default=10, help="episodes per embedding (interpolate, compose)")
-        p.add_argument("--directions", type=_at_least(int, 4), default=400, help="lattice directions on the sphere (sphere)")
         p.add_argument("--steps", type=_at_least(int, 4), default=envs.MAX_STEPS,
                        help="episode length in steps (200 as in training; smaller only for quick checks)")
-        p.add_argument("--alphas", type=_at_least(int, 2), default=11, help="interpolation weights in [0, 1] (interpolate)")
-        p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=None,
-                       help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (interpolate, render; repeatable; default: a neighbouring and a distant pair)%(default).0s")
-        p.add_argument("--run", default=None, help="run task for compose, e.g. run:4 (default: the median run task)%(default).0s")
-        p.add_argument("--jump", default=None, help="jump task for compose, e.g. jump:10 (default: the strongest)%(default).0s")
-        p.add_argument("--stand", default=None, help="stand task for compose, if the checkpoint has one (default: the strongest)%(default).0s")
-        p.add_argument("--mix", type=float, default=0.5, help="nlerp weight of the second motion (compose)")
-        p.add_argument("--airborne-height", type=float, default=0.2, help="root height z (m) counted as airborne (compose)")
-        p.add_argument("--frames", type=_at_least(int), default=8, help="frames per filmstrip row (render)")
-        p.add_argument("--no-gif", dest="gif", action="store_false", help="filmstrip only (render)%(default).0s")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar (all)%(default).0s")
+        for flags, options, users in OPTIONS:  # each subcommand takes its own options; the rest keep their defaults
+            if name in users or name == "all":
+                p.add_argument(*flags, **options)
+            else:
+                p.set_defaults(**{options.get("dest", flags[0].lstrip("-").replace("-", "_")): options.get("default")})
         if name == "ablation":
             p.add_argument("--runs", default=os.path.join(HERE, "runs", "ablation"),
                            help="folder of run folders, each with a halfcheetah-vel.pt (ablation)")

@@ -1152,7 +1152,7 @@ def test_rerun_of_a_finished_sweep_trains_nothing(sweep_runs):
     root, command, _ = sweep_runs
     files = sorted(root.glob("*/hopper-vel.*"))
     before = {path: path.stat().st_mtime_ns for path in files}
-    result = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=120)
+    result = run_process(*command[1:], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stdout
     assert {path: path.stat().st_mtime_ns for path in sorted(root.glob("*/hopper-vel.*"))} == before
@@ -1212,8 +1212,8 @@ def test_sweep_runs_unchanged_on_an_existing_cluster(tmp_path):
                 assert head.poll() is None and time.monotonic() < deadline, f"ray start --head failed: {head.stderr.read()[-2000:] if head.poll() is not None else 'timeout'}"
                 time.sleep(0.5)
         budget = [*SWEEP_TRAIN[:2], "--epochs", "2", *SWEEP_TRAIN[4:]]
-        result = subprocess.run([PYTHON, "train.py", *budget, "--out", str(tmp_path), "--address", f"127.0.0.1:{port}",
-                                 "--sweep", "seed=0,1"], cwd=HERE, env=env, capture_output=True, text=True, timeout=240)
+        result = run_process("train.py", *budget, "--out", str(tmp_path), "--address", f"127.0.0.1:{port}",
+                             "--sweep", "seed=0,1", env=env, timeout=240)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         for seed in (0, 1):
             assert json.loads((tmp_path / "sweep" / f"seed={seed}" / "hopper-vel.json").read_text())["finished"]
@@ -1546,7 +1546,14 @@ def test_unknown_or_mismatched_family_exits_2_with_one_line(tmp_path):
 TINY_NETS = ["--set", "updates_per_epoch=10", "--set", "warmup_epochs=1", "--set", "steps_per_epoch=50",
              "--set", "encoder_hidden=[16,16]", "--set", "decoder_hidden=[16]", "--set", "critic_hidden=[16]",
              "--set", "task_hidden=[16]", "--set", "baseline_hidden=[16]", "--no-progress", "--set", "threads=1"]
-TINY_BUDGET = ["--episodes", "1", "--directions", "20", "--steps", "50", "--alphas", "3", "--frames", "2", "--no-progress"]
+TINY_VALUES = {"--episodes": "1", "--directions": "20", "--steps": "50", "--alphas": "3", "--frames": "2", "--no-progress": None}
+
+
+def tiny_budget(command: str) -> list[str]:
+    """The smallest budget of every option analyze.py's `command` takes (and no other)."""
+    takes = {"--steps"} | {flags[0] for flags, _, users in analyze.OPTIONS if command in users or command == "all"}
+    return [word for flag, value in TINY_VALUES.items() if flag in takes
+            for word in ([flag] if value is None else [flag, value])]
 
 
 def test_a_new_family_is_one_record_in_envs(tmp_path, monkeypatch):
@@ -1566,7 +1573,7 @@ def test_a_new_family_is_one_record_in_envs(tmp_path, monkeypatch):
     assert report["episodes"] == 6 and "velocity" in report and math.isfinite(report["error"])
     for command in (["evaluate"], ["interpolate"], ["sphere"]):
         result = run_script("analyze.py", *command, "--env", "toy-hopper", "--checkpoints", str(tmp_path),
-                            "--out", str(tmp_path / "out"), *TINY_BUDGET)
+                            "--out", str(tmp_path / "out"), *tiny_budget(command[0]))
         assert result.returncode == 0, (command, result.stderr)
     numbers = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "0.1->0.5" in numbers["interpolate"]["toy-hopper"] and numbers["sphere"]["toy-hopper"]["directions"] == 20
@@ -1588,7 +1595,7 @@ def analyze_checkpoints(tmp_path_factory):
 def analyze_all(analyze_checkpoints, tmp_path_factory):
     """`analyze.py all` once, at tiny budgets; returns (results folder, stdout)."""
     out = tmp_path_factory.mktemp("analyze_results")
-    result = run_script("analyze.py", "all", "--checkpoints", str(analyze_checkpoints), "--out", str(out), *TINY_BUDGET)
+    result = run_script("analyze.py", "all", "--checkpoints", str(analyze_checkpoints), "--out", str(out), *tiny_budget("all"))
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -1662,7 +1669,7 @@ def test_interpolate_numbers_follow_the_alpha_convention(analyze_all, analyze_ch
     assert any(row.startswith("halfcheetah-vel,2->8,slerp,stochastic,0.5,") and row.split(",")[7] == "5.0"
                for row in rows)  # prediction (1 - alpha) v_a + alpha v_b at alpha = 0.5
     result = run_script("analyze.py", "interpolate", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
-                     "--env", "halfcheetah-vel", "--pair", "5", "6", *TINY_BUDGET)
+                     "--env", "halfcheetah-vel", "--pair", "5", "6", *tiny_budget("interpolate"))
     assert result.returncode == 0, result.stderr
     assert "5->6" in json.loads((tmp_path / "summary.json").read_text())["interpolate"]["halfcheetah-vel"]
 
@@ -1695,7 +1702,7 @@ def test_curves_with_and_without_baseline(analyze_all, analyze_checkpoints, tmp_
 def test_render_without_opengl_says_so_and_skips(analyze_checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "disable")  # read by each render's child process
     result = run_script("analyze.py", "render", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
-                        *TINY_BUDGET)
+                        *tiny_budget("render"))
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "no usable OpenGL backend" in result.stdout
     assert not any(name.startswith("render_") for name in os.listdir(tmp_path))
@@ -1705,7 +1712,7 @@ def test_compose_without_runjump_checkpoint_is_a_note(analyze_checkpoints, tmp_p
     folder = tmp_path / "only-vel"
     folder.mkdir()
     (folder / "halfcheetah-vel.pt").write_bytes((analyze_checkpoints / "halfcheetah-vel.pt").read_bytes())
-    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *tiny_budget("compose"))
     assert result.returncode == 0 and "compose: no" in result.stdout and "skipping" in result.stdout
 
 
@@ -1735,7 +1742,7 @@ def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
         result = run_script("train.py", "--out", str(runs / name), "--epochs", "2", *extra, *TINY_NETS)
         assert result.returncode == 0, result.stderr
     (runs / "not-a-run").mkdir()
-    result = run_script("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *tiny_budget("ablation"))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
     assert [row["run"] for row in rows] == ["a-s0", "a-s1", "dim8-s0"]
@@ -1759,7 +1766,7 @@ def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
     for name in ("halfcheetah-runjump.pt", "halfcheetah-runjump-four-motion.pt"):
         (folder / name).write_bytes(four_motion)
     (folder / "halfcheetah-runjump-four-motion.latest.pt").write_bytes(b"resume state, not a policy")
-    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *TINY_BUDGET)
+    result = run_script("analyze.py", "compose", "--checkpoints", str(folder), "--out", str(tmp_path / "out"), *tiny_budget("compose"))
     assert result.returncode == 0, result.stderr
     compose = json.loads((tmp_path / "out" / "summary.json").read_text())["compose"]
     assert "run:3 + stand:5" in compose and "run:3 + stand:5" in compose["four-motion"]
@@ -1778,7 +1785,7 @@ def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown", "no-dir", "not-a-number", "missing-env", "bad-family",
-                                  "unwritable", "not-a-task", "broken-file"])
+                                  "unwritable", "not-a-task", "broken-file", "another-subcommands-option"])
 def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
     ck, out = str(analyze_checkpoints), str(tmp_path / "out")
     (tmp_path / "a-file").write_text("x")
@@ -1792,7 +1799,8 @@ def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
             "bad-family": ["sphere", "--checkpoints", ck, "--out", out, "--env", "cheetah"],
             "unwritable": ["curves", "--checkpoints", ck, "--out", str(tmp_path / "a-file" / "out")],
             "not-a-task": ["interpolate", "--checkpoints", ck, "--out", out, "--env", "halfcheetah-vel", "--pair", "3", "77"],
-            "broken-file": ["sphere", "--checkpoints", str(broken), "--out", out, "--env", "halfcheetah-vel"]}[case]
+            "broken-file": ["sphere", "--checkpoints", str(broken), "--out", out, "--env", "halfcheetah-vel"],
+            "another-subcommands-option": ["sphere", "--checkpoints", ck, "--out", out, "--mix", "0.3"]}[case]
     assert_one_line_error(run_script("analyze.py", *args))
 
 
