@@ -1258,7 +1258,6 @@ OPTIONS = [
     (("--airborne-height",), dict(type=float, default=0.2, help="root height z (m) counted as airborne"), ("compose",)),
     (("--frames",), dict(type=_at_least(int), default=8, help="frames per filmstrip row"), ("render",)),
     (("--no-gif",), dict(dest="gif", action="store_false", default=True, help="filmstrip only%(default).0s"), ("render",)),
-    (("--no-progress",), dict(action="store_true", default=False, help="no progress bar%(default).0s"), ()),
 ]
 
 
@@ -1276,6 +1275,7 @@ def build_parser() -> ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed of the resets and of the stochastic actions")
         p.add_argument("--steps", type=_at_least(int, 4), default=envs.MAX_STEPS,
                        help="episode length in steps (200 as in training; smaller only for quick checks)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (all)%(default).0s")
         for flags, options, users in OPTIONS:  # each subcommand takes its own options; the rest keep their defaults
             if name in users or name == "all":
                 p.add_argument(*flags, **options)

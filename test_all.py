@@ -1551,7 +1551,7 @@ TINY_VALUES = {"--episodes": "1", "--directions": "20", "--steps": "50", "--alph
 
 def tiny_budget(command: str) -> list[str]:
     """The smallest budget of every option analyze.py's `command` takes (and no other)."""
-    takes = {"--steps"} | {flags[0] for flags, _, users in analyze.OPTIONS if command in users or command == "all"}
+    takes = {"--steps", "--no-progress"} | {flags[0] for flags, _, users in analyze.OPTIONS if command in users or command == "all"}
     return [word for flag, value in TINY_VALUES.items() if flag in takes
             for word in ([flag] if value is None else [flag, value])]
 
