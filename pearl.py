@@ -160,7 +160,8 @@ class ContextBuffer:
         return {"rows": self.rows.clone(), "count": self.count.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rows.copy_(state["rows"]), self.count.copy_(state["count"])
+        self.rows.copy_(state["rows"])
+        self.count.copy_(state["count"])
 
 
 class PearlSAC(SAC):
@@ -198,7 +199,6 @@ class PearlTrainer(Trainer):
     def task_posteriors(self, sample: bool) -> np.ndarray:
         """Per task, z from the posterior given CONTEXT_SIZE transitions of its context
         buffer (a draw, or the mean); the prior (a draw, or its mean) while it is empty."""
-        T = self.env.num_tasks
         with torch.no_grad():
             mean, variance = self.sac.policy.encoder(self.context_sample())
             ready = self.context.ready().to(mean.device)[:, None]
