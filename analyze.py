@@ -1261,6 +1261,11 @@ OPTIONS = [
 ]
 
 
+def takes(command: str, users) -> bool:
+    """Whether subcommand `command` takes an OPTIONS entry used by `users`."""
+    return command in users or command == "all"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,seeds,all}")
@@ -1277,7 +1282,7 @@ def build_parser() -> ArgumentParser:
                        help="episode length in steps (200 as in training; smaller only for quick checks)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (all)%(default).0s")
         for flags, options, users in OPTIONS:  # each subcommand takes its own options; the rest keep their defaults
-            if name in users or name == "all":
+            if takes(name, users):
                 p.add_argument(*flags, **options)
             else:
                 p.set_defaults(**{options.get("dest", flags[0].lstrip("-").replace("-", "_")): options.get("default")})

@@ -1253,6 +1253,8 @@ def test_sweep_grid_and_its_standalone_commands():
                                             "seed=1,critic_hidden=[8]", "seed=1,critic_hidden=[8,8]"]
     assert trials[3]["config"]["critic_hidden"] == [8, 8] and trials[3]["config"]["lr"] == 1e-3
     assert "--seed 1" in trials[3]["command"] and "--set critic_hidden=[8,8]" in trials[3]["command"]
+    pearl_trials = train.sweep_trials(train.parse_grid(["seed=0,1"]), argparse.Namespace(**{**vars(args), "pearl": True}))
+    assert all(t["config"]["reward_scale"] == pearl.REWARD_SCALE for t in pearl_trials)  # as `train.py --pearl` alone
 
 
 def test_rollout_metrics_are_consistent():
@@ -1551,7 +1553,7 @@ TINY_VALUES = {"--episodes": "1", "--directions": "20", "--steps": "50", "--alph
 
 def tiny_budget(command: str) -> list[str]:
     """The smallest budget of every option analyze.py's `command` takes (and no other)."""
-    takes = {"--steps", "--no-progress"} | {flags[0] for flags, _, users in analyze.OPTIONS if command in users or command == "all"}
+    takes = {"--steps", "--no-progress"} | {flags[0] for flags, _, users in analyze.OPTIONS if analyze.takes(command, users)}
     return [word for flag, value in TINY_VALUES.items() if flag in takes
             for word in ([flag] if value is None else [flag, value])]
 

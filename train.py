@@ -553,6 +553,19 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+def command_config(args, family: str, preset_name: str, **machine) -> Config:
+    """The Config that train.py's options ask for: the preset, the run's kind (EAR, the
+    one-hot baseline, PEARL with its reward scale), --epochs, then every --set."""
+    cfg = replace(preset(preset_name, family), task_set=args.tasks, seed=args.seed, baseline=args.baseline,
+                  pearl=args.pearl, device=args.device, **machine)
+    if args.pearl:
+        from pearl import REWARD_SCALE  # pearl.py imports this file
+        cfg = replace(cfg, reward_scale=REWARD_SCALE)
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
+    return parse_overrides(cfg, args.overrides)
+
+
 def sweep_trials(grid: dict[str, list[str]], args) -> list[dict]:
     """Every point of the grid as a trial: its folder name, run name, Config and the
     standalone `python train.py` command that would train exactly that run."""
@@ -561,11 +574,7 @@ def sweep_trials(grid: dict[str, list[str]], args) -> list[dict]:
         point = dict(zip(grid, combo))
         family, preset_name = point.pop("env", args.env), point.pop("preset", args.preset)
         envs.check_family(family)
-        start = replace(preset(preset_name, family), task_set=args.tasks, seed=args.seed, baseline=args.baseline,
-                       pearl=args.pearl, device=args.device, threads=1)  # one core per trial: as many trials at once as cores
-        if args.epochs is not None:
-            start = replace(start, epochs=args.epochs)
-        cfg = parse_overrides(start, args.overrides)
+        cfg = command_config(args, family, preset_name, threads=1)  # one core per trial: as many trials at once as cores
         try:
             cfg = parse_overrides(cfg, [f"{k}={v}" for k, v in point.items()])
         except ValueError as error:
@@ -801,15 +810,7 @@ def main(argv=None) -> None:
     args.out = args.out or "checkpoints"
     try:
         envs.check_family(args.env)
-        cfg = preset(args.preset, args.env)
-        cfg = replace(cfg, task_set=args.tasks, seed=args.seed, baseline=args.baseline, pearl=args.pearl,
-                      device=args.device)
-        if args.pearl:
-            from pearl import REWARD_SCALE
-            cfg = replace(cfg, reward_scale=REWARD_SCALE)
-        if args.epochs is not None:
-            cfg = replace(cfg, epochs=args.epochs)
-        cfg = parse_overrides(cfg, args.overrides)
+        cfg = command_config(args, args.env, args.preset)
         validate(cfg)
     except ValueError as error:
         parser.error(str(error))
