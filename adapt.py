@@ -364,9 +364,12 @@ def _base_config(policy, **changes):
 
 
 def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_WARMUP,
-              eval_every=SAC_EVAL_EVERY):
+              eval_every=SAC_EVAL_EVERY, measure_at=(), measure=None):
     """scratch / finetune (module docstring), on train.py's Trainer for collection and
-    replay. Returns (network, its LTE input, cost dict)."""
+    replay. Returns (network, its LTE input, cost dict). `measure(net, lte)` (not
+    charged) runs when the episode count reaches each of `measure_at`, on the network
+    the method would return if stopped there (its best snapshot so far, else the
+    start); its reports join the curve."""
     from train import Trainer
     cfg = _base_config(policy, baseline=method == "scratch" or policy.baseline, seed=seed, batch_per_task=SAC_BATCH,
                        replay_per_task=max(budget_steps, 1))
@@ -397,6 +400,7 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if net.baseline
                           else np.repeat(net.task_embeddings, SAC_EVAL_EPISODES, axis=0))
     best_return, best_state, curve = -math.inf, None, []
+    measured, start_state = set(), copy.deepcopy(net.state_dict())
     for step in range(1, budget_steps + 1):
         trainer.collect(1)
         if step > warmup_steps:
@@ -406,6 +410,13 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
             if score > best_return:
                 best_return, best_state = score, copy.deepcopy(net.state_dict())
             curve.append({"episodes": trainer.episodes_finished + 1, "env_steps": step, "best_return": best_return})
+        if measure is not None and trainer.episodes_finished in set(measure_at) - measured:
+            measured.add(trainer.episodes_finished)
+            now = copy.deepcopy(net.state_dict())
+            net.load_state_dict(best_state or start_state)
+            curve.append({"episodes": trainer.episodes_finished, "env_steps": step, "best_return": best_return,
+                          **measure(net, None if net.baseline else net.task_embeddings[0])})
+            net.load_state_dict(now)
     episodes = trainer.episodes_finished + (0 if trainer.env.episode_step[0] == 0 else 1)
     if best_state is not None:
         net.load_state_dict(best_state)
@@ -433,7 +444,7 @@ def measure(net, task, net_input, episodes: int, seed: int) -> dict:
 def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = None, seed: int = 0,
           cem_rounds: int | None = None, budget_steps: int | None = None, eval_episodes: int = 10,
           warmup_steps: int = SAC_WARMUP, eval_every: int = SAC_EVAL_EVERY, prior: str = "task",
-          measure_at=CURVE_EPISODES) -> dict:
+          measure_at=()) -> dict:
     """Adapt a trained EAR policy (or OHE, or with method "pearl" a PEARL agent) to a
     new task; returns the report (module docstring).
 
@@ -442,8 +453,10 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
     tasks that bracket it); "none" gives every method the episode returns only.
     budget_episodes: search episodes (bracket 45, cem 900 = 10 rounds of 90; scratch and
     finetune get budget_episodes x 200 env steps unless budget_steps is given).
-    measure_at: pearl only, the episode counts after which the curve gets the error of
-    the posterior mean (eval_episodes deterministic episodes, not charged)."""
+    measure_at: pearl, scratch and finetune, the episode counts after which the curve
+    gets the error of what the method holds then (pearl: the posterior mean; the SAC
+    baselines: their best snapshot so far), eval_episodes deterministic episodes not
+    charged (pearl: CURVE_EPISODES when not given)."""
     if method not in (*METHODS, "pearl"):
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, pearl")
     if isinstance(policy, pearl.PearlAgent) != (method == "pearl"):
@@ -468,7 +481,7 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         def at_curve_point(z):
             found = measure(policy, task, z, eval_episodes, FINAL_SEED + seed)
             return {"error": found["error"], "return_measured": found["return"]}
-        found = pearl.adapt_episodes(policy, task, budget, seed, measure_at, at_curve_point)
+        found = pearl.adapt_episodes(policy, task, budget, seed, measure_at or CURVE_EPISODES, at_curve_point)
         net, lte = policy, found["z"]
         net_input = lte
         cost = {k: found[k] for k in ("episodes", "env_steps", "curve")}
@@ -483,7 +496,12 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         cost = {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
     else:
         steps = budget_steps if budget_steps is not None else budget * envs.MAX_STEPS
-        net, lte, cost = train_sac(policy, task, method, int(steps), seed, search_prior, warmup_steps, eval_every)
+        def at_curve_point(net, lte):
+            net.env_name = policy.env_name
+            found = measure(net, task, 0 if lte is None else lte, eval_episodes, FINAL_SEED + seed)
+            return {"error": found["error"], "return_measured": found["return"]}
+        net, lte, cost = train_sac(policy, task, method, int(steps), seed, search_prior, warmup_steps, eval_every,
+                                   measure_at, at_curve_point if measure_at else None)
         net.env_name = policy.env_name
         net_input = 0 if lte is None else lte
     report = {"env": policy.env_name, "task": list(task) if isinstance(task, tuple) else task, "method": method,
@@ -621,8 +639,11 @@ RELEASE_ENTRIES = (  # (label, checkpoint kind, method, prior)
     ("OHE bracket", "ohe", "bracket", "task"),
     ("OHE bracket, rewards only", "ohe", "bracket", "none"),
     ("OHE cem", "ohe", "cem", "none"),
+    ("OHE finetune", "ohe", "finetune", "task"),
     ("PEARL", "pearl", "pearl", "none"),
+    ("EAR finetune", "ear", "finetune", "task"),
 )
+ONE_RUN_METHODS = ("pearl", "finetune", "scratch")  # run once at the largest budget, measured after each
 RELEASE_SEEDS = (1, 3, 5)  # the authors' adaptation seeds
 
 
@@ -677,9 +698,9 @@ def release_benchmark(checkpoints: dict, seeds, budgets=CURVE_EPISODES, eval_epi
                     continue
                 common = {"label": label, "checkpoint": checkpoints[kind], "digest": digests[kind], "task": task,
                           "seed": seed, "method": method, "prior": prior}
-                if method == "pearl":
-                    report = adapt(nets[kind], task, "pearl", max(budgets), seed, eval_episodes=eval_episodes,
-                                   measure_at=budgets)
+                if method in ONE_RUN_METHODS:
+                    report = adapt(nets[kind], task, method, max(budgets), seed, eval_episodes=eval_episodes,
+                                   prior=prior, measure_at=budgets)
                     rows += [{**common, "budget": c["episodes"], "episodes": c["episodes"], "env_steps": c["env_steps"],
                               "error": c["error"], "return": c["return_measured"], "wall_clock_s": None}
                              for c in report["curve"] if "error" in c]

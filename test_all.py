@@ -1077,9 +1077,10 @@ def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tm
             assert row["episodes"] == 90  # --quick: one round
         else:
             assert row["env_steps"] <= row["episodes"] * envs.MAX_STEPS
-    pearl_rows = [r for r in data["rows"] if r["label"] == "PEARL" and r["seed"] == 0 and r["task"] == tasks[0]]
-    assert [r["budget"] for r in pearl_rows] == list(adapt.QUICK_EPISODES)
-    assert all(a["env_steps"] < b["env_steps"] for a, b in zip(pearl_rows, pearl_rows[1:]))  # one run, measured along it
+    for label in ("PEARL", "OHE finetune", "EAR finetune"):  # one run each, measured along it
+        along = [r for r in data["rows"] if r["label"] == label and r["seed"] == 0 and r["task"] == tasks[0]]
+        assert [r["budget"] for r in along] == list(adapt.QUICK_EPISODES)
+        assert all(a["env_steps"] < b["env_steps"] for a, b in zip(along, along[1:]))
     for entry in data["summary"]:
         e = entry["error"]
         assert len(e["values"]) == 2 and e["mean_low"] - 1e-9 <= e["mean"] <= e["mean_high"] + 1e-9
@@ -1094,7 +1095,8 @@ def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tm
     ohe.config = cfg
     save_checkpoint(ohe, tmp_path / "halfcheetah-vel-baseline.pt")
     assert run_script("adapt.py", *args).returncode == 0
-    assert calls and set(calls) <= {"bracket", "cem"} and len(calls) == 2 * (2 * len(adapt.QUICK_EPISODES) + 1)
+    assert calls and set(calls) <= {"bracket", "cem", "finetune"}
+    assert len(calls) == 2 * (2 * len(adapt.QUICK_EPISODES) + 1 + 1)
 
 
 # ---- sweeps on Ray Tune, aggregated over seeds by analyze.py seeds ---------
