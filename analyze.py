@@ -469,9 +469,9 @@ def compose(args) -> dict:
     return numbers
 
 
-def _compose_one(args, path: str, family: str, suffix: str) -> dict:
-    """compose for one checkpoint; files compose.png/csv, or compose_SUFFIX.png/csv."""
-    policy = _load(path, family)
+def composed_tasks(policy, family: str, args) -> tuple:
+    """The run task and the other motions (jump, stand when there is one) to compose
+    with it: --run/--jump/--stand, else the median run task and the strongest others."""
     kinds = {k: [i for i, t in enumerate(policy.tasks) if t[0] == k] for k in envs.TASK_KINDS}
 
     def pick(kind, text, default):
@@ -487,66 +487,107 @@ def _compose_one(args, path: str, family: str, suffix: str) -> dict:
 
     run = pick("run", args.run, lambda ids: sorted(ids, key=lambda i: policy.tasks[i][1])[len(ids) // 2])
     others = [pick(k, getattr(args, k), lambda ids: max(ids, key=lambda i: policy.tasks[i][1])) for k in ("jump", "stand")]
-    if run is None or others[0] is None:
-        say(f"compose: {path} has no run and jump tasks; skipping")
-        return {}
+    return run, [other for other in others if other is not None]
+
+
+def composition(policy, family: str, run: int, others: list, args) -> tuple[dict, dict]:
+    """compose's numbers at the one weight --mix (no files): for the run task, each
+    other motion and each nlerp mix of the two, velocity, mean and peak root height and
+    the airborne fraction over the settled steps (means over --episodes); and episode
+    1's time series for the figure."""
     E, label = policy.task_embeddings, (lambda i: envs.task_label(policy.tasks[i]))
     combos = [(label(run), E[run])]
     for other in others:
-        if other is not None:
-            combos += [(label(other), E[other]), (f"{label(run)} + {label(other)}", nlerp(E[run], E[other], args.mix))]
+        combos += [(label(other), E[other]), (f"{label(run)} + {label(other)}", nlerp(E[run], E[other], args.mix))]
     episodes = args.episodes
     result, env = simulate(policy, family, np.repeat([lte for _, lte in combos], episodes, axis=0), args, record=True)
     heights = result["height_steps"].reshape(len(result["height_steps"]), len(combos), episodes)
-    speeds = result["velocity_steps"].reshape(heights.shape)
+    velocity = result["velocity"].reshape(len(combos), episodes)
     # Height statistics over the same steps as the velocity (after the start-up
     # fall from the initial pose), when the episode is long enough to have them.
     settled = policy_lib.SETTLE_STEPS if len(heights) > policy_lib.SETTLE_STEPS + 10 else 0
-    numbers, rows = {"mix": args.mix, "airborne_height_m": args.airborne_height}, []
-    fig, (ax_v, ax_h) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    t = np.arange(len(heights)) * env.dt
+    numbers = {"mix": args.mix, "airborne_height_m": args.airborne_height}
     for c, (name, _) in enumerate(combos):
-        h, vel = heights[settled:, c], result["velocity"].reshape(len(combos), episodes)[c]
-        stats = {"velocity": float(vel.mean()), "velocity_std": float(vel.std()),
-                 "height_mean": float(np.nanmean(h)), "height_peak_mean": float(np.nanmean(np.nanmax(h, axis=0))),
-                 "height_peak_max": float(np.nanmax(h)), "airborne_fraction": float(np.nanmean(h > args.airborne_height))}
-        numbers[name] = stats
-        rows.append({"embedding": name, **{k: round(v, 4) for k, v in stats.items()}, "episodes": episodes})
-        style = "-" if "+" in name else ":"
-        ax_v.plot(t, speeds[:, c, 0], style, lw=1.2, label=f"{name}: {stats['velocity']:.2f} m/s")
-        ax_h.plot(t, heights[:, c, 0], style, lw=1.2, label=f"{name}: mean {stats['height_mean']:.2f} m, peak "
-                  f"{stats['height_peak_mean']:.2f} m, high {100 * stats['airborne_fraction']:.0f}%")
-    for name, stats in numbers.items():
-        if "+" in str(name):
-            parts = " | ".join(f"{p} alone {numbers[p]['velocity']:.2f} m/s, mean height {numbers[p]['height_mean']:.2f} m, "
-                               f"airborne {100 * numbers[p]['airborne_fraction']:.0f}%" for p in name.split(" + "))
-            say(f"compose{' ' + suffix if suffix else ''} {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean height {stats['height_mean']:.2f} m, "
-                f"peak {stats['height_peak_mean']:.2f} m, airborne {100 * stats['airborne_fraction']:.0f}% | {parts}")
-    ax_h.axhline(args.airborne_height, color="gray", ls="--", lw=0.8, label=f"airborne threshold {args.airborne_height:g} m")
-    ax_v.set(ylabel="forward velocity (m/s)", title=f"{envs.FAMILIES[family].title}{' ' + suffix if suffix else ''}: composing LTEs (nlerp weight {args.mix:g}), "
-             f"episode 1 of {episodes};\nnumbers: means over all episodes, steps {settled}-{len(heights)}")
+        h = heights[settled:, c]
+        numbers[name] = {"velocity": float(velocity[c].mean()), "velocity_std": float(velocity[c].std()),
+                         "height_mean": float(np.nanmean(h)), "height_peak_mean": float(np.nanmean(np.nanmax(h, axis=0))),
+                         "height_peak_max": float(np.nanmax(h)), "airborne_fraction": float(np.nanmean(h > args.airborne_height))}
+    trace = {"names": [name for name, _ in combos], "t": np.arange(len(heights)) * env.dt, "settled": settled,
+             "velocity": result["velocity_steps"].reshape(heights.shape)[:, :, 0], "height": heights[:, :, 0]}
+    return numbers, trace
+
+
+def draw_composition(title: str, numbers: dict, trace: dict, episodes: int, path: str) -> None:
+    fig, (ax_v, ax_h) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    for c, name in enumerate(trace["names"]):
+        stats, style = numbers[name], "-" if "+" in name else ":"
+        ax_v.plot(trace["t"], trace["velocity"][:, c], style, lw=1.2, label=f"{name}: {stats['velocity']:.2f} m/s")
+        ax_h.plot(trace["t"], trace["height"][:, c], style, lw=1.2, label=f"{name}: mean {stats['height_mean']:.2f} m, "
+                  f"peak {stats['height_peak_mean']:.2f} m, high {100 * stats['airborne_fraction']:.0f}%")
+    threshold = numbers["airborne_height_m"]
+    ax_h.axhline(threshold, color="gray", ls="--", lw=0.8, label=f"airborne threshold {threshold:g} m")
+    ax_v.set(ylabel="forward velocity (m/s)", title=f"{title}: composing LTEs (nlerp weight {numbers['mix']:g}), "
+             f"episode 1 of {episodes};\nnumbers: means over all episodes, steps {trace['settled']}-{len(trace['t'])}")
     ax_h.set(xlabel="time (s)", ylabel="root height z (m, 0 = start pose)")
     for ax in (ax_v, ax_h):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    stem = f"compose_{suffix}" if suffix else "compose"
-    _save(fig, os.path.join(args.out, f"{stem}.png"))
-    write_csv(os.path.join(args.out, f"{stem}.csv"), rows)
-    numbers["mixing_sweep"] = _mixing_sweep(args, policy, family, run, [o for o in others if o is not None],
-                                            f"{stem}_sweep", settled)
+    _save(fig, path)
+
+
+def _compose_one(args, path: str, family: str, suffix: str) -> dict:
+    """compose for one checkpoint: compose[_SUFFIX].png/csv and compose[_SUFFIX]_sweep.png/csv."""
+    policy = _load(path, family)
+    run, others = composed_tasks(policy, family, args)
+    if run is None or not others or policy.tasks[others[0]][0] != "jump":
+        say(f"compose: {path} has no run and jump tasks; skipping")
+        return {}
+    numbers, trace = composition(policy, family, run, others, args)
+    for name in trace["names"]:
+        if "+" in name:
+            stats = numbers[name]
+            parts = " | ".join(f"{p} alone {numbers[p]['velocity']:.2f} m/s, mean height {numbers[p]['height_mean']:.2f} m, "
+                               f"airborne {100 * numbers[p]['airborne_fraction']:.0f}%" for p in name.split(" + "))
+            say(f"compose{' ' + suffix if suffix else ''} {name} (nlerp {args.mix:g}): {stats['velocity']:.2f} m/s, mean "
+                f"height {stats['height_mean']:.2f} m, peak {stats['height_peak_mean']:.2f} m, airborne "
+                f"{100 * stats['airborne_fraction']:.0f}% | {parts}")
+    title, stem = envs.FAMILIES[family].title + (f" {suffix}" if suffix else ""), f"compose_{suffix}" if suffix else "compose"
+    draw_composition(title, numbers, trace, args.episodes, os.path.join(args.out, f"{stem}.png"))
+    write_csv(os.path.join(args.out, f"{stem}.csv"), [{"embedding": name, **{k: round(v, 4) for k, v in numbers[name].items()},
+                                                       "episodes": args.episodes} for name in trace["names"]])
+    sweep = mixing_sweep(policy, family, run, others, args, trace["settled"])
+    pairs = {name: pair for name, pair in sweep.items() if isinstance(pair, dict)}  # in the order of `others`
+    for (name, pair), other in zip(pairs.items(), others):
+        for method in ("nlerp", "slerp"):
+            series, best = pair[method], sweep["alphas"].index(pair[method]["best_moving_alpha"])
+            say(f"compose sweep {name} {method}: composes at alpha {series['composes_at'] or 'none'}; "
+                f"moving (>= {0.5 * pair['nlerp']['velocity'][0]:.2f} m/s) and most "
+                f"{'airborne' if policy.tasks[other][0] == 'jump' else 'reared'} "
+                f"at alpha {series['best_moving_alpha']:.2f}: {series['velocity'][best]:.2f} m/s, airborne "
+                f"{100 * series['airborne_fraction'][best]:.0f}%, pitch {series['pitch_mean_deg'][best]:.0f} deg")
+        say(f"compose sweep {name}: the LTEs are {pair['angle_deg']:.0f} deg apart; the nlerp path passes "
+            f"{' -> '.join(dict.fromkeys(pair['path_nearest_task']))} and strays up to "
+            f"{pair['path_farthest_from_training_deg']:.0f} deg from every training LTE")
+    draw_mixing_sweep(title, sweep, args, trace["settled"], os.path.join(args.out, f"{stem}_sweep.png"))
+    write_csv(os.path.join(args.out, f"{stem}_sweep.csv"),
+              [{"pair": name, "method": method, "alpha": round(a, 4),
+                **{k: round(pair[method][k][i], 4) for k in SWEEP_MEASURES}, "episodes": args.episodes}
+               for name, pair in pairs.items() for method in ("nlerp", "slerp") for i, a in enumerate(sweep["alphas"])])
+    numbers["mixing_sweep"] = sweep
     return numbers
 
 
 REAR_DEG = 30.0  # a stand mix "rears" when the torso's mean pitch is at least this far nose-up
+SWEEP_MEASURES = ("velocity", "height_mean", "height_peak", "airborne_fraction", "pitch_mean_deg", "pitch_peak_deg")
 
 
-def _mixing_sweep(args, policy, family: str, run: int, others: list, stem: str, settled: int) -> dict:
+def mixing_sweep(policy, family: str, run: int, others: list, args, settled: int) -> dict:
     """Run + jump (and run + stand) at every mixing weight alpha of --alphas in [0, 1],
-    by nlerp and by slerp: forward velocity, mean and peak root height, airborne
-    fraction and torso pitch (nose-up angle, -qpos[2], in degrees) over the same steps
-    as the velocity. A mix composes when it keeps at least half the run task's
-    velocity while airborne on at least 30% of steps (jump) or rearing, mean pitch
-    >= REAR_DEG (stand)."""
+    by nlerp and by slerp (no files): forward velocity, mean and peak root height,
+    airborne fraction and torso pitch (nose-up angle, -qpos[2], in degrees) over the
+    same steps as the velocity. A mix composes when it keeps at least half the run
+    task's velocity while airborne on at least 30% of steps (jump) or rearing, mean
+    pitch >= REAR_DEG (stand)."""
     E, label = policy.task_embeddings, (lambda i: envs.task_label(policy.tasks[i]))
     alphas, episodes = np.linspace(0.0, 1.0, args.alphas), args.episodes
     methods = {"nlerp": nlerp, "slerp": slerp}
@@ -560,10 +601,9 @@ def _mixing_sweep(args, policy, family: str, run: int, others: list, stem: str, 
                 "height_peak": np.nanmean(np.nanmax(heights, axis=0), axis=-1),
                 "airborne_fraction": np.nanmean(heights > args.airborne_height, axis=(0, -1)),
                 "pitch_mean_deg": np.nanmean(pitch, axis=(0, -1)), "pitch_peak_deg": np.nanmean(np.nanmax(pitch, axis=0), axis=-1)}
-    numbers, rows = {"alphas": alphas.tolist(), "rear_deg": REAR_DEG}, []
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.9))
+    numbers = {"alphas": alphas.tolist(), "rear_deg": REAR_DEG}
     for p, other in enumerate(others):
-        kind, name = policy.tasks[other][0], f"{label(run)} + {label(other)}"
+        kind = policy.tasks[other][0]
         run_velocity = float(velocity[p, 0, 0])  # alpha = 0 is the run task itself
         # Where the path runs on the sphere: the two LTEs' angle, and along the nlerp
         # path the nearest training LTE (which task's region the mix falls into).
@@ -573,44 +613,38 @@ def _mixing_sweep(args, policy, family: str, run: int, others: list, stem: str, 
                 "path_farthest_from_training_deg": float(to_trained.min(1).max()),
                 "path_nearest_task": [label(i) for i in to_trained.argmin(1)]}
         for m, method in enumerate(methods):
-            series = {k: v[p, m].tolist() for k, v in measures.items()}
             moving = velocity[p, m] >= 0.5 * run_velocity
-            doing = (measures["airborne_fraction"][p, m] >= 0.3 if kind == "jump"
-                     else measures["pitch_mean_deg"][p, m] >= REAR_DEG)
-            composes = moving & doing & (alphas > 0) & (alphas < 1)
             score = measures["airborne_fraction"][p, m] if kind == "jump" else measures["pitch_mean_deg"][p, m]
+            doing = score >= (0.3 if kind == "jump" else REAR_DEG)
+            composes = moving & doing & (alphas > 0) & (alphas < 1)
             best = int(np.argmax(np.where(moving & (alphas < 1), score, -np.inf)))
-            series.update(composes_at=[float(a) for a in alphas[composes]],
-                          best_moving_alpha=float(alphas[best]))
-            pair[method] = series
-            rows += [{"pair": name, "method": method, "alpha": round(float(a), 4),
-                      **{k: round(float(v[p, m, i]), 4) for k, v in measures.items()}, "episodes": episodes}
-                     for i, a in enumerate(alphas)]
-            say(f"compose sweep {name} {method}: composes at alpha {series['composes_at'] or 'none'}; "
-                f"moving (>= {0.5 * run_velocity:.2f} m/s) and most {'airborne' if kind == 'jump' else 'reared'} at "
-                f"alpha {alphas[best]:.2f}: {velocity[p, m, best]:.2f} m/s, airborne "
-                f"{100 * measures['airborne_fraction'][p, m, best]:.0f}%, pitch {measures['pitch_mean_deg'][p, m, best]:.0f} deg")
-            style = "-" if method == "nlerp" else "--"
-            for ax, key, title in zip(axes, ("velocity", "height_mean", "airborne_fraction", "pitch_mean_deg"),
-                                      ("forward velocity (m/s)", "mean root height (m)",
-                                       f"airborne fraction (z > {args.airborne_height:g} m)", "mean torso pitch (deg, nose up)")):
-                ax.plot(alphas, measures[key][p, m], style, marker="o", ms=3, color=f"C{p}", label=f"{name}, {method}")
-                ax.set(xlabel=f"mixing weight α (0: {label(run)})", title=title)
-        say(f"compose sweep {name}: the LTEs are {pair['angle_deg']:.0f} deg apart; the nlerp path passes "
-            f"{' -> '.join(dict.fromkeys(pair['path_nearest_task']))} and strays up to "
-            f"{pair['path_farthest_from_training_deg']:.0f} deg from every training LTE")
-        numbers[name] = pair
-    axes[0].axhline(0.5 * float(velocity[0, 0, 0]), color="gray", ls=":", lw=0.8, label="half the run task's velocity")
+            pair[method] = {**{k: v[p, m].tolist() for k, v in measures.items()},
+                            "composes_at": [float(a) for a in alphas[composes]], "best_moving_alpha": float(alphas[best])}
+        numbers[f"{label(run)} + {label(other)}"] = pair
+    return numbers
+
+
+def draw_mixing_sweep(title: str, sweep: dict, args, settled: int, path: str) -> None:
+    panels = {"velocity": "forward velocity (m/s)", "height_mean": "mean root height (m)",
+              "airborne_fraction": f"airborne fraction (z > {args.airborne_height:g} m)",
+              "pitch_mean_deg": "mean torso pitch (deg, nose up)"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(18, 3.9))
+    pairs = {name: pair for name, pair in sweep.items() if isinstance(pair, dict)}
+    for p, (name, pair) in enumerate(pairs.items()):
+        for method, style in (("nlerp", "-"), ("slerp", "--")):
+            for ax, (key, panel) in zip(axes, panels.items()):
+                ax.plot(sweep["alphas"], pair[method][key], style, marker="o", ms=3, color=f"C{p}", label=f"{name}, {method}")
+                ax.set(xlabel=f"mixing weight α (0: {name.split(' + ')[0]})", title=panel)
+    first = next(iter(pairs.values()))
+    axes[0].axhline(0.5 * first["nlerp"]["velocity"][0], color="gray", ls=":", lw=0.8, label="half the run task's velocity")
     axes[2].axhline(0.3, color="gray", ls=":", lw=0.8)
     axes[3].axhline(REAR_DEG, color="gray", ls=":", lw=0.8)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{envs.FAMILIES[family].title}: composing the run LTE with the others, every mixing weight "
-                 f"({episodes} deterministic episodes each, steps {settled}-{envs.MAX_STEPS})", fontsize=10)
-    _save(fig, os.path.join(args.out, f"{stem}.png"))
-    write_csv(os.path.join(args.out, f"{stem}.csv"), rows)
-    return numbers
+    fig.suptitle(f"{title}: composing the run LTE with the others, every mixing weight "
+                 f"({args.episodes} deterministic episodes each, steps {settled}-{envs.MAX_STEPS})", fontsize=10)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------
@@ -622,67 +656,84 @@ def sphere(args) -> dict:
     """Behaviour map of the whole LTE sphere, with the trained LTEs on it."""
     numbers = {}
     directions = fibonacci_sphere(args.directions)
-    nearest = np.argmax(directions @ directions.T - 2 * np.eye(len(directions)), axis=1)
-    partner = np.random.default_rng(args.seed).permutation(len(directions))
     for family, policy in checkpoints(args, "sphere", list(envs.FAMILIES)):
-        result, env = simulate(policy, family, directions, args)
-        fam, E = env.family, policy.task_embeddings
-        b = env.behaviour(result)
-        diff = lambda x, y: np.abs(fam.difference(x, y))
-        spread = np.mean(diff(b, b[partner]))
-        stats = {"directions": len(directions),
-                 "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
-        # Do the trained LTEs lie in task order? Nearest other LTE should be a neighbouring task.
-        angles = np.degrees(np.arccos(np.clip(E @ E.T, -1, 1))) + 1e3 * np.eye(len(E))
-        stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
-        stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
-        panels = []
-        if fam.kinds[0] == "run":  # a velocity per direction
-            targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
-            inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
-            stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
-            panels.append((b, "forward velocity (m/s)", "viridis"))
-            if fam.multi_modal:  # jump (and stand) tasks: how high each direction goes
-                panels.append((result["height_mean"], "mean root height (m)", "magma"))
+        stats, columns, panels = behaviour_map(policy, family, directions, args)
+        b = columns[envs.FAMILIES[family].behaviour_column]
+        if "fraction_in_trained_range" in stats:
             say(f"sphere {family}: {len(b)} directions give {b.min():.2f} to {b.max():.2f} m/s, "
-                f"{100 * inside.mean():.0f}% inside the trained range, neighbour ratio {stats['neighbour_ratio']:.2f} "
-                f"(0 smooth, 1 unstructured), nearest LTE is an adjacent task for {100 * stats['lte_nearest_is_adjacent_task']:.0f}%")
-        else:  # a heading per direction
-            speed = np.linalg.norm(result["velocity"], axis=1)
-            sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
-            stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
-            panels += [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
-            say(f"sphere {family}: {len(b)} directions cover {len(sectors)}/24 heading sectors of 15 degrees at "
-                f"> 0.5 m/s, neighbour ratio {stats['neighbour_ratio']:.2f} (0 smooth, 1 unstructured)")
-        lon, lat = np.degrees(np.arctan2(directions[:, 1], directions[:, 0])), np.degrees(np.arcsin(directions[:, 2]))
-        e_lon, e_lat = np.degrees(np.arctan2(E[:, 1], E[:, 0])), np.degrees(np.arcsin(np.clip(E[:, 2], -1, 1)))
-        fig = plt.figure(figsize=(11, 4.4 * len(panels)))
-        for k, (values, name, cmap) in enumerate(panels):
-            ax3 = fig.add_subplot(len(panels), 2, 2 * k + 1, projection="3d")
-            dots = ax3.scatter(*directions.T, c=values, cmap=cmap, s=max(6.0, 4000 / len(directions)), alpha=0.85)
-            ax3.plot(*E.T, "k-", lw=1)
-            ax3.scatter(*(1.08 * E).T, marker="*", c="k", s=60, label="trained LTEs")
-            ax3.set(title=f"trained LTEs and lattice, colour: {name.split(' (')[0]}", xlabel="x", ylabel="y", zlabel="z")
-            ax3.set_box_aspect((1, 1, 1))
-            ax3.legend(fontsize=7, loc="upper left")
-            ax = fig.add_subplot(len(panels), 2, 2 * k + 2)
-            ax.scatter(lon, lat, c=values, cmap=cmap, s=max(8.0, 6000 / len(directions)))
-            ax.plot(e_lon, e_lat, "k*", ms=9)
-            for lo, la, task in zip(e_lon, e_lat, policy.tasks):
-                ax.annotate(envs.task_label(task), (lo, la), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude of the LTE (degrees)",
-                   ylabel="latitude of the LTE (degrees)", title="the same, as a longitude-latitude map")
-            fig.colorbar(dots, ax=ax, label=name)
-        fig.suptitle(f"{envs.FAMILIES[family].title}: behaviour over the LTE sphere ({len(directions)} Fibonacci-lattice "
-                     f"directions, one deterministic rollout each; stars: trained LTEs)", y=1.0)
-        _save(fig, os.path.join(args.out, f"sphere_{family}.png"))
-        columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2],
-                   env.family.behaviour_column: b,
-                   "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
+                f"{100 * stats['fraction_in_trained_range']:.0f}% inside the trained range, neighbour ratio "
+                f"{stats['neighbour_ratio']:.2f} (0 smooth, 1 unstructured), nearest LTE is an adjacent task for "
+                f"{100 * stats['lte_nearest_is_adjacent_task']:.0f}%")
+        else:
+            say(f"sphere {family}: {len(b)} directions cover {stats['heading_sectors_covered']}/24 heading sectors of "
+                f"15 degrees at > 0.5 m/s, neighbour ratio {stats['neighbour_ratio']:.2f} (0 smooth, 1 unstructured)")
+        draw_sphere(family, policy, directions, panels, os.path.join(args.out, f"sphere_{family}.png"))
         write_csv(os.path.join(args.out, f"sphere_{family}.csv"),
                   [{k: round(float(v[i]), 4) for k, v in columns.items()} for i in range(len(directions))])
         numbers[family] = stats
     return numbers
+
+
+def behaviour_map(policy, family: str, directions: np.ndarray, args) -> tuple[dict, dict, list]:
+    """sphere's numbers for one checkpoint (no files): one deterministic rollout per
+    direction; the neighbour ratio, the trained LTEs' order and the behaviour's range
+    (stats), the per-direction columns of the CSV, and the figure's panels
+    (values, colour-bar label, colour map)."""
+    nearest = np.argmax(directions @ directions.T - 2 * np.eye(len(directions)), axis=1)
+    partner = np.random.default_rng(args.seed).permutation(len(directions))
+    result, env = simulate(policy, family, directions, args)
+    fam, E = env.family, policy.task_embeddings
+    b = env.behaviour(result)
+    diff = lambda x, y: np.abs(fam.difference(x, y))
+    spread = np.mean(diff(b, b[partner]))
+    stats = {"directions": len(directions),
+             "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
+    # Do the trained LTEs lie in task order? Nearest other LTE should be a neighbouring task.
+    angles = np.degrees(np.arccos(np.clip(E @ E.T, -1, 1))) + 1e3 * np.eye(len(E))
+    stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
+    stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
+    if fam.kinds[0] == "run":  # a velocity per direction
+        targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
+        inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
+        stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
+        panels = [(b, "forward velocity (m/s)", "viridis")]
+        if fam.multi_modal:  # jump (and stand) tasks: how high each direction goes
+            panels.append((result["height_mean"], "mean root height (m)", "magma"))
+    else:  # a heading per direction
+        speed = np.linalg.norm(result["velocity"], axis=1)
+        sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
+        stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
+        panels = [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
+    columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2], fam.behaviour_column: b,
+               "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
+    return stats, columns, panels
+
+
+def draw_sphere(family: str, policy, directions: np.ndarray, panels: list, path: str) -> None:
+    """Each panel on the sphere (3-d) and as a longitude-latitude map, the trained LTEs as stars."""
+    E = policy.task_embeddings
+    lon, lat = np.degrees(np.arctan2(directions[:, 1], directions[:, 0])), np.degrees(np.arcsin(directions[:, 2]))
+    e_lon, e_lat = np.degrees(np.arctan2(E[:, 1], E[:, 0])), np.degrees(np.arcsin(np.clip(E[:, 2], -1, 1)))
+    fig = plt.figure(figsize=(11, 4.4 * len(panels)))
+    for k, (values, name, cmap) in enumerate(panels):
+        ax3 = fig.add_subplot(len(panels), 2, 2 * k + 1, projection="3d")
+        dots = ax3.scatter(*directions.T, c=values, cmap=cmap, s=max(6.0, 4000 / len(directions)), alpha=0.85)
+        ax3.plot(*E.T, "k-", lw=1)
+        ax3.scatter(*(1.08 * E).T, marker="*", c="k", s=60, label="trained LTEs")
+        ax3.set(title=f"trained LTEs and lattice, colour: {name.split(' (')[0]}", xlabel="x", ylabel="y", zlabel="z")
+        ax3.set_box_aspect((1, 1, 1))
+        ax3.legend(fontsize=7, loc="upper left")
+        ax = fig.add_subplot(len(panels), 2, 2 * k + 2)
+        ax.scatter(lon, lat, c=values, cmap=cmap, s=max(8.0, 6000 / len(directions)))
+        ax.plot(e_lon, e_lat, "k*", ms=9)
+        for lo, la, task in zip(e_lon, e_lat, policy.tasks):
+            ax.annotate(envs.task_label(task), (lo, la), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude of the LTE (degrees)",
+               ylabel="latitude of the LTE (degrees)", title="the same, as a longitude-latitude map")
+        fig.colorbar(dots, ax=ax, label=name)
+    fig.suptitle(f"{envs.FAMILIES[family].title}: behaviour over the LTE sphere ({len(directions)} Fibonacci-lattice "
+                 f"directions, one deterministic rollout each; stars: trained LTEs)", y=1.0)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------
@@ -694,56 +745,68 @@ def equivariance(args) -> dict:
     """LSE orbits over the gait (PCA) and the orthogonal-Procrustes residual per task."""
     numbers = {}
     for family, policy in checkpoints(args, "equivariance", list(envs.FAMILIES)):
-        result, env = simulate(policy, family, policy.task_embeddings, args, record=True)
-        with torch.no_grad():
-            lse = policy.lse(torch.as_tensor(result["obs"], dtype=torch.float32)).double().numpy()  # (steps, T, 16)
-        start = policy_lib.SETTLE_STEPS if len(lse) > policy_lib.SETTLE_STEPS + 10 else len(lse) // 4
-        lse = lse[start:]
-        scores = [equivariance_score(lse[:, k], seed=args.seed) for k in range(len(policy.tasks))]
-        residual = np.array([s["residual"] for s in scores])
-        shuffled = np.array([s["shuffled"] for s in scores])
-        points = lse.reshape(-1, lse.shape[-1])
-        points = points[np.isfinite(points).all(axis=1)]
-        mean = points.mean(axis=0)
-        _, singular, vt = np.linalg.svd(points - mean, full_matrices=False)
-        explained = singular ** 2 / np.sum(singular ** 2)
-        fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
-        shown = sorted(set(np.linspace(0, len(policy.tasks) - 1, min(5, len(policy.tasks))).round().astype(int)))
-        for k, color in zip(shown, plt.cm.viridis(np.linspace(0, 0.9, len(shown)))):
-            xy = (lse[:, k] - mean) @ vt[:2].T
-            ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, label=f"task {envs.task_label(policy.tasks[k])}")
-            ax.plot(xy[0, 0], xy[0, 1], "o", color=color, ms=4)
-        ax.set(xlabel=f"PC 1 of the LSE ({100 * explained[0]:.0f}% of variance)",
-               ylabel=f"PC 2 ({100 * explained[1]:.0f}%)",
-               title=f"LSE trajectories, steps {start}-{start + len(lse)} (dot: first step)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        x = np.arange(len(policy.tasks))
-        bx.bar(x - 0.2, residual, 0.4, label="time order")
-        bx.bar(x + 0.2, shuffled, 0.4, color="gray", label="shuffled time order")
-        bx.set_xticks(x, [envs.task_label(t) for t in policy.tasks], rotation=90 if len(x) > 12 else 0, fontsize=7)
-        bx.set(xlabel="training task", ylabel="Procrustes residual (0 = one rotation per step)", ylim=(0, 1.05),
-               title="residual of the best rotation LSE_t -> LSE_t+1")
-        bx.legend(fontsize=7)
-        fig.suptitle(f"{envs.FAMILIES[family].title}: latent sensory embeddings (LSE) over the gait, deterministic actions", y=1.02)
-        _save(fig, os.path.join(args.out, f"equivariance_{family}.png"))
+        stats, scores, orbits = lse_equivariance(policy, family, args)
+        draw_equivariance(family, policy, stats, scores, orbits, os.path.join(args.out, f"equivariance_{family}.png"))
         write_csv(os.path.join(args.out, f"equivariance_{family}.csv"),
                   [{"task": envs.task_label(t), **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in s.items()}}
                    for t, s in zip(policy.tasks, scores)])
-        finite_mean = (lambda v: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan"))
-        step_deg = np.array([s["step_deg"] for s in scores])
-        numbers[family] = {"residual_mean": finite_mean(residual), "shuffled_mean": finite_mean(shuffled),
-                           "step_deg_mean": finite_mean(step_deg), "tasks_scored": int(np.isfinite(residual).sum()),
-                           "per_task": {envs.task_label(t): s for t, s in zip(policy.tasks, scores)},
-                           "pca_explained_2": float(explained[:2].sum())}
-        if not numbers[family]["tasks_scored"]:
-            say(f"equivariance {family}: no task has a moving LSE trajectory of {2 * lse.shape[-1] + 2}+ steps "
+        numbers[family] = stats
+        if not stats["tasks_scored"]:
+            say(f"equivariance {family}: no task has a moving LSE trajectory of {2 * orbits['lse'].shape[-1] + 2}+ steps "
                 f"(falls, or a policy that stands still); nothing to score")
             continue
-        say(f"equivariance {family}: Procrustes residual {numbers[family]['residual_mean']:.3f} in time order vs "
-            f"{numbers[family]['shuffled_mean']:.3f} shuffled (0 = exactly equivariant), LSE turns "
-            f"{numbers[family]['step_deg_mean']:.2f} deg per step, mean over {numbers[family]['tasks_scored']}/{len(x)} tasks")
+        say(f"equivariance {family}: Procrustes residual {stats['residual_mean']:.3f} in time order vs "
+            f"{stats['shuffled_mean']:.3f} shuffled (0 = exactly equivariant), LSE turns "
+            f"{stats['step_deg_mean']:.2f} deg per step, mean over {stats['tasks_scored']}/{len(scores)} tasks")
     return numbers
+
+
+def lse_equivariance(policy, family: str, args) -> tuple[dict, list, dict]:
+    """equivariance's numbers for one checkpoint (no files): the LSE trajectory of
+    every training task after the settling steps, its equivariance_score, the means
+    over tasks, and the trajectories with their principal axes for the figure."""
+    result, _ = simulate(policy, family, policy.task_embeddings, args, record=True)
+    with torch.no_grad():
+        lse = policy.lse(torch.as_tensor(result["obs"], dtype=torch.float32)).double().numpy()  # (steps, T, 16)
+    start = policy_lib.SETTLE_STEPS if len(lse) > policy_lib.SETTLE_STEPS + 10 else len(lse) // 4
+    lse = lse[start:]
+    scores = [equivariance_score(lse[:, k], seed=args.seed) for k in range(len(policy.tasks))]
+    points = lse.reshape(-1, lse.shape[-1])
+    points = points[np.isfinite(points).all(axis=1)]
+    mean = points.mean(axis=0)
+    _, singular, vt = np.linalg.svd(points - mean, full_matrices=False)
+    explained = singular ** 2 / np.sum(singular ** 2)
+    finite_mean = (lambda v: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan"))
+    column = lambda key: np.array([s[key] for s in scores])
+    stats = {"residual_mean": finite_mean(column("residual")), "shuffled_mean": finite_mean(column("shuffled")),
+             "step_deg_mean": finite_mean(column("step_deg")), "tasks_scored": int(np.isfinite(column("residual")).sum()),
+             "per_task": {envs.task_label(t): s for t, s in zip(policy.tasks, scores)},
+             "pca_explained_2": float(explained[:2].sum())}
+    return stats, scores, {"lse": lse, "start": start, "mean": mean, "axes": vt[:2], "explained": explained}
+
+
+def draw_equivariance(family: str, policy, stats: dict, scores: list, orbits: dict, path: str) -> None:
+    """Up to five tasks' LSE trajectories on the first two principal axes, and the residual per task."""
+    lse, start, explained = orbits["lse"], orbits["start"], orbits["explained"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    shown = sorted(set(np.linspace(0, len(policy.tasks) - 1, min(5, len(policy.tasks))).round().astype(int)))
+    for k, color in zip(shown, plt.cm.viridis(np.linspace(0, 0.9, len(shown)))):
+        xy = (lse[:, k] - orbits["mean"]) @ orbits["axes"].T
+        ax.plot(xy[:, 0], xy[:, 1], "-", color=color, lw=0.9, label=f"task {envs.task_label(policy.tasks[k])}")
+        ax.plot(xy[0, 0], xy[0, 1], "o", color=color, ms=4)
+    ax.set(xlabel=f"PC 1 of the LSE ({100 * explained[0]:.0f}% of variance)", ylabel=f"PC 2 ({100 * explained[1]:.0f}%)",
+           title=f"LSE trajectories, steps {start}-{start + len(lse)} (dot: first step)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    x = np.arange(len(policy.tasks))
+    bx.bar(x - 0.2, [s["residual"] for s in scores], 0.4, label="time order")
+    bx.bar(x + 0.2, [s["shuffled"] for s in scores], 0.4, color="gray", label="shuffled time order")
+    bx.set_xticks(x, [envs.task_label(t) for t in policy.tasks], rotation=90 if len(x) > 12 else 0, fontsize=7)
+    bx.set(xlabel="training task", ylabel="Procrustes residual (0 = one rotation per step)", ylim=(0, 1.05),
+           title="residual of the best rotation LSE_t -> LSE_t+1")
+    bx.legend(fontsize=7)
+    fig.suptitle(f"{envs.FAMILIES[family].title}: latent sensory embeddings (LSE) over the gait, deterministic actions", y=1.02)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------
@@ -771,47 +834,55 @@ def _fresh_evaluation(policy, args) -> dict:
     return train.evaluate(policy, envs.make(policy.env_name, tasks=policy.tasks, seed=seed), args.episodes, seed=seed)
 
 
+def evaluation_row(name: str, policy, args) -> tuple[dict, dict]:
+    """evaluate's numbers for one checkpoint (no files): its training budget, mean
+    return and the family's error measure (unrounded, for the table) on fresh episodes."""
+    metrics = _fresh_evaluation(policy, args)
+    measure = _family_measure(policy.env_name, metrics)
+    progress = policy.progress
+    row = {"checkpoint": name, "env": policy.env_name, "policy": "baseline" if policy.baseline else "EAR",
+           "tasks": len(policy.tasks), "epochs": progress.get("epoch"), "updates": progress.get("updates"),
+           "env_steps": progress.get("env_steps"), "wall_clock_min": round(progress.get("wall_clock", float("nan")) / 60.0, 1),
+           "episodes": args.episodes, "mean_return": round(metrics["mean_return"], 2),
+           **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure.items()}}
+    return row, measure
+
+
+def evaluation_table(rows: list, measures: list, episodes: int) -> str:
+    """The results table as Markdown, from the unrounded measures (no double rounding)."""
+    lines = ["| checkpoint | policy | updates | env steps | wall-clock | mean return | error measure (deterministic, "
+             f"{episodes} episodes per task) | falls |", "|---|---|---|---|---|---|---|---|"]
+    for row, measure in zip(rows, measures):
+        lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
+                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | "
+                     f"{envs.FAMILIES[row['env']].describe(measure)} | {measure['fell']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate(args) -> dict:
     """Fresh deterministic evaluation of every checkpoint in --checkpoints: the results table."""
     names = sorted(n for n in os.listdir(args.checkpoints) if n.endswith(".pt") and not n.endswith(".latest.pt"))
-    rows, measures, numbers = [], [], {}
+    rows, measures = [], []
     for name in names:
-        path = os.path.join(args.checkpoints, name)
         try:
-            policy = policy_lib.load(path)
+            policy = policy_lib.load(os.path.join(args.checkpoints, name))
         except policy_lib.CheckpointError as error:
             say(f"evaluate: skipping {name} ({error})")
             continue
-        family = policy.env_name
-        if args.env and family not in args.env:
+        if args.env and policy.env_name not in args.env:
             continue
-        metrics = _fresh_evaluation(policy, args)
-        measure = _family_measure(family, metrics)
-        progress = policy.progress
-        row = {"checkpoint": name, "env": family, "policy": "baseline" if policy.baseline else "EAR",
-               "tasks": len(policy.tasks), "epochs": progress.get("epoch"), "updates": progress.get("updates"),
-               "env_steps": progress.get("env_steps"),
-               "wall_clock_min": round(progress.get("wall_clock", float("nan")) / 60.0, 1),
-               "episodes": args.episodes, "mean_return": round(metrics["mean_return"], 2),
-               **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in measure.items()}}
+        row, measure = evaluation_row(name, policy, args)
         rows.append(row)
-        measures.append((family, measure))
-        numbers[name[:-3]] = row
+        measures.append(measure)
         say(f"evaluate {name}: {row['policy']}, {row['updates']} updates, {row['env_steps']} env steps, "
-            f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, {envs.FAMILIES[family].describe(measure)}, "
-            f"falls {measure['fell']:.0%}")
+            f"{row['wall_clock_min']} min; mean return {row['mean_return']:.1f}, "
+            f"{envs.FAMILIES[row['env']].describe(measure)}, falls {measure['fell']:.0%}")
     if not rows:
         say(f"evaluate: no checkpoints in {args.checkpoints}; skipping")
-        return numbers
+        return {}
     write_csv(os.path.join(args.out, "evaluate.csv"), rows)
-    lines = ["| checkpoint | policy | updates | env steps | wall-clock | mean return | error measure (deterministic, "
-             f"{args.episodes} episodes per task) | falls |", "|---|---|---|---|---|---|---|---|"]
-    for row, (family, measure) in zip(rows, measures):  # unrounded measures: no double rounding
-        lines.append(f"| {row['checkpoint']} | {row['policy']} | {row['updates']:,} | {row['env_steps'] / 1e6:.2f}M | "
-                     f"{row['wall_clock_min']} min | {row['mean_return']:.1f} | {envs.FAMILIES[family].describe(measure)} | "
-                     f"{measure['fell']:.0%} |")
-    policy_lib.atomic_write_text("\n".join(lines) + "\n", os.path.join(args.out, "evaluate.md"))
-    return numbers
+    policy_lib.atomic_write_text(evaluation_table(rows, measures, args.episodes), os.path.join(args.out, "evaluate.md"))
+    return {row["checkpoint"][:-3]: row for row in rows}
 
 
 # --------------------------------------------------------------------------
@@ -820,6 +891,8 @@ def evaluate(args) -> dict:
 
 
 ABLATION_PAIRS = [["3", "4"], ["2", "8"]]  # a neighbouring and a distant pair of HalfCheetah-Vel tasks
+ABLATION_COLUMNS = {"error": "mean velocity error (m/s)",  # a column of ablation.csv: its figure panel's title
+                    **{f"r2_{a}to{b}": f"interpolation R² {a}→{b} m/s" for a, b in ABLATION_PAIRS}}
 
 
 def ablation(args) -> dict:
@@ -832,58 +905,71 @@ def ablation(args) -> dict:
     if not runs:
         _fail(f"ablation: no run folder in {args.runs} holds a {family}.pt; train with "
               f"`python train.py --out {args.runs}/NAME --seed S --set lte_noise=...`")
-    rows = []
-    for run in runs:
-        folder = os.path.join(args.runs, run)
-        policy = _load(os.path.join(folder, f"{family}.pt"), family)
-        metrics = _fresh_evaluation(policy, args)
-        curves_of_pairs = interpolation(policy, family, interpolation_pairs(policy, family, ABLATION_PAIRS, []), args)
-        cfg = policy.config
-        budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
-        summary_path = os.path.join(folder, f"{family}.json")
-        if os.path.isfile(summary_path):
-            with open(summary_path) as handle:
-                budget = json.load(handle).get("updates", budget)
-        row = {"run": run, "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
-               "updates": budget, "best_updates": policy.progress.get("updates"),
-               "error": round(metrics["mean_error"], 4)}
-        for a, b in ABLATION_PAIRS:
-            row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
-        rows.append(row)
+    rows = [ablation_row(os.path.join(args.runs, run), family, args) for run in runs]
     if len({row["updates"] for row in rows}) > 1:
         say(f"ablation: the runs differ in budget ({sorted({row['updates'] for row in rows})} updates); "
             f"compare settings at equal budget only")
+    numbers = {"runs": rows, "settings": ablation_settings(rows, args.seed)}
+    for label, stats in numbers["settings"].items():
+        say(f"ablation {label} ({len(stats['seeds'])} seeds): error {stats['error']['mean']:.3f} ± "
+            f"{stats['error']['std']:.3f} m/s, " + ", ".join(f"R^2 {a}->{b} {stats[f'r2_{a}to{b}']['mean']:.2f} ± "
+                                                          f"{stats[f'r2_{a}to{b}']['std']:.2f}" for a, b in ABLATION_PAIRS))
     write_csv(os.path.join(args.out, "ablation.csv"), rows)
+    draw_ablation(numbers, os.path.join(args.out, "ablation.png"))
+    return numbers
+
+
+def ablation_row(folder: str, family: str, args) -> dict:
+    """One run's setting, budget, training error and interpolation R^2 (nlerp,
+    deterministic, against the targets) for ABLATION_PAIRS."""
+    policy = _load(os.path.join(folder, f"{family}.pt"), family)
+    metrics = _fresh_evaluation(policy, args)
+    curves_of_pairs = interpolation(policy, family, interpolation_pairs(policy, family, ABLATION_PAIRS, []), args)
+    cfg = policy.config
+    budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
+    summary_path = os.path.join(folder, f"{family}.json")
+    if os.path.isfile(summary_path):
+        with open(summary_path) as handle:
+            budget = json.load(handle).get("updates", budget)
+    row = {"run": os.path.basename(folder), "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
+           "updates": budget, "best_updates": policy.progress.get("updates"), "error": round(metrics["mean_error"], 4)}
+    for a, b in ABLATION_PAIRS:
+        row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
+    return row
+
+
+def ablation_settings(rows: list, seed: int) -> dict:
+    """Per (lte_noise, lte_dim) setting, noise on first: each column's mean, std, min,
+    max and the 95% bootstrap interval of the mean over its seeds."""
     settings = sorted({(row["lte_noise"], row["lte_dim"]) for row in rows}, key=lambda s: (-s[0], s[1]))
-    columns = ["error"] + [f"r2_{a}to{b}" for a, b in ABLATION_PAIRS]
-    numbers = {"runs": rows, "settings": {}}
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8))
-    for s, (noise, dim) in enumerate(settings):
+    numbers = {}
+    for noise, dim in settings:
         members = [row for row in rows if (row["lte_noise"], row["lte_dim"]) == (noise, dim)]
-        label = f"noise {noise:g}, dim {dim}"
         stats = {"seeds": [row["seed"] for row in members]}
-        for ax, column in zip(axes, columns):
+        for column in ABLATION_COLUMNS:
             values = np.array([np.nan if row[column] is None else row[column] for row in members], dtype=float)
-            interval = seed_statistics(values, seed=args.seed)  # the 95% bootstrap interval over seeds
+            interval = seed_statistics(values, seed=seed)
             stats[column] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
                              "min": float(np.nanmin(values)), "max": float(np.nanmax(values)),
-                             "mean_low": interval["mean_low"], "mean_high": interval["mean_high"]}
+                             "mean_low": interval["mean_low"], "mean_high": interval["mean_high"], "values": values.tolist()}
+        numbers[f"noise {noise:g}, dim {dim}"] = stats
+    return numbers
+
+
+def draw_ablation(numbers: dict, path: str) -> None:
+    """Per column, a bar per setting (mean over seeds) with its seeds as dots."""
+    fig, axes = plt.subplots(1, len(ABLATION_COLUMNS), figsize=(4.2 * len(ABLATION_COLUMNS), 3.8))
+    settings = numbers["settings"]
+    for ax, (column, title) in zip(axes, ABLATION_COLUMNS.items()):
+        for s, stats in enumerate(settings.values()):
             ax.bar(s, stats[column]["mean"], color=f"C{s}", alpha=0.5)
-            ax.plot([s] * len(values), values, "ko", ms=4)
-        numbers["settings"][label] = stats
-        say(f"ablation {label} ({len(members)} seeds): error {stats['error']['mean']:.3f} ± {stats['error']['std']:.3f} m/s, "
-            + ", ".join(f"R^2 {a}->{b} {stats[f'r2_{a}to{b}']['mean']:.2f} ± {stats[f'r2_{a}to{b}']['std']:.2f}"
-                        for a, b in ABLATION_PAIRS))
-    names = [f"noise {n:g}\ndim {d}" for n, d in settings]
-    for ax, column, title in zip(axes, columns, ["mean velocity error (m/s)", "interpolation R² 3→4 m/s",
-                                                  "interpolation R² 2→8 m/s"]):
-        ax.set_xticks(range(len(settings)), names)
+            ax.plot([s] * len(stats[column]["values"]), stats[column]["values"], "ko", ms=4)
+        ax.set_xticks(range(len(settings)), [label.replace(", ", "\n") for label in settings])
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = seeds ({rows[0]['updates']} updates each)",
-                 fontsize=10)
-    _save(fig, os.path.join(args.out, "ablation.png"))
-    return numbers
+    fig.suptitle(f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = seeds ({numbers['runs'][0]['updates']} "
+                 f"updates each)", fontsize=10)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------
