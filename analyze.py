@@ -116,6 +116,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 
 import matplotlib
 
@@ -1047,37 +1048,55 @@ def seeds(args) -> dict:
     runs = find_runs(args.runs)
     if not runs:
         _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {args.runs}")
-    key_of = lambda cfg: json.dumps({k: v for k, v in cfg.items() if k not in RUN_SETTINGS}, sort_keys=True)
-    groups: dict[str, list] = {}
+    groups, rows = seed_groups(runs, args)
+    for label, group in groups.items():
+        e = group["final_error"]
+        say(f"seeds {label} ({len(group['runs'])} runs, seeds {group['seeds']}): final error {e['mean']:.3f} "
+            f"{group['unit']} [{e['mean_low']:.3f}, {e['mean_high']:.3f}] (IQM {e['iqm']:.3f}), best "
+            f"{group['best_error']['mean']:.3f}, final return {group['final_return']['mean']:.1f}; per seed "
+            + ", ".join(f"{v:.3f}" for v in e["values"]))
+    draw_seeds(groups, runs, os.path.basename(os.path.abspath(args.runs)), os.path.join(args.out, "seeds.png"))
+    write_csv(os.path.join(args.out, "seeds.csv"), rows)
+    policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
+                                 f"95% percentile bootstrap over seeds ({args.reps} resamples, rliable).\n\n"
+                                 f"{seeds_table(groups, args.reach)}\n", os.path.join(args.out, "seeds.md"))
+    return groups
+
+
+def seed_groups(runs: list, args) -> tuple[dict, list]:
+    """seeds' numbers (no files): the runs grouped by configuration (every Config field
+    but RUN_SETTINGS), labelled by the fields that vary; per group the seed_statistics
+    of each SEED_METRICS over its runs and, with --reach, the wall-clock to each level;
+    and one CSV row per run."""
+    # Runs saved before a field existed read it as what they ran with (train.saved_config).
+    key_of = lambda cfg: json.dumps({k: v for k, v in asdict(train.saved_config(cfg)).items() if k not in RUN_SETTINGS},
+                                    sort_keys=True)
+    members_of: dict[str, list] = {}
     for run in runs:
-        groups.setdefault(key_of(run["config"]), []).append(run)
-    configs = [json.loads(key) for key in groups]
+        members_of.setdefault(key_of(run["config"]), []).append(run)
+    configs = [json.loads(key) for key in members_of]
     varying = [k for k in configs[0] if any(c.get(k) != configs[0][k] for c in configs)]
-    numbers, rows, table = {}, [], []
     levels = sorted(args.reach or [], reverse=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for g, (key, members) in enumerate(groups.items()):
+    groups, rows = {}, []
+    for key, members in members_of.items():
         cfg = json.loads(key)
         label = ", ".join(f"{k}={_setting_text(cfg[k])}" for k in varying) or cfg["env"] + ("-baseline" if cfg["baseline"] else "")
-        unit = envs.FAMILIES[cfg["env"]].error_unit
         members.sort(key=lambda r: r["config"]["seed"])
         per_run = []
         for run in members:
-            log = run["log"]
+            log, last = run["log"], slice(-args.last, None)  # "final": the mean of the last --last evaluations
             errors = log["mean_error"][np.isfinite(log["mean_error"])]
-            last = slice(-args.last, None)  # "final": the mean of the last --last evaluations
             values = {"final_error": float(np.mean(log["mean_error"][last])) if len(log["mean_error"]) else math.nan,
                       "best_error": float(errors.min()) if len(errors) else math.nan,
                       "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
-                      "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan}
-            values.update({f"time_to_{level:g}": time_to(log, level) for level in levels})
+                      "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan,
+                      **{f"time_to_{level:g}": time_to(log, level) for level in levels}}
             per_run.append(values)
             rows.append({"configuration": label, "run": run["run"], "seed": run["config"]["seed"],
-                         "epochs": run["summary"]["epochs"], "updates": run["summary"]["updates"],
-                         "wall_clock_s": run["summary"]["wall_clock_s"],
+                         **{k: run["summary"][k] for k in ("epochs", "updates", "wall_clock_s")},
                          **{k: round(v, 4) if math.isfinite(v) else v for k, v in values.items()}})
         group = {"configuration": label, "config": cfg, "seeds": [r["config"]["seed"] for r in members],
-                 "runs": [r["run"] for r in members], "unit": unit}
+                 "runs": [r["run"] for r in members], "unit": envs.FAMILIES[cfg["env"]].error_unit}
         for metric in SEED_METRICS:
             group[metric] = seed_statistics([v[metric] for v in per_run], args.reps, args.seed)
         for level in levels:
@@ -1085,49 +1104,53 @@ def seeds(args) -> dict:
             group[f"time_to_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
                                            "median": float(np.median(times)), "min": float(times.min()),
                                            "max": float(times.max())}
-        numbers[label] = group
-        e = group["final_error"]
-        say(f"seeds {label} ({len(members)} runs, seeds {group['seeds']}): final error {e['mean']:.3f} {unit} "
-            f"[{e['mean_low']:.3f}, {e['mean_high']:.3f}] (IQM {e['iqm']:.3f}), best {group['best_error']['mean']:.3f}, "
-            f"final return {group['final_return']['mean']:.1f}; per seed "
-            + ", ".join(f"{v:.3f}" for v in e["values"]))
-        cells = [label, str(len(members))]
+        groups[label] = group
+    return groups, rows
+
+
+def seeds_table(groups: dict, reach) -> str:
+    """The groups as Markdown: each metric's mean [95% interval], the per-seed final
+    errors and the minutes to each --reach level."""
+    levels = sorted(reach or [], reverse=True)
+    header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
+              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, group in groups.items():
+        cells = [label, str(len(group["runs"]))]
         for metric in SEED_METRICS:
-            m = group[metric]
-            digits = 3 if "error" in metric else 1
+            m, digits = group[metric], 3 if "error" in metric else 1
             cells.append(f"{m['mean']:.{digits}f} [{m['mean_low']:.{digits}f}, {m['mean_high']:.{digits}f}]")
-        cells.append(", ".join(f"{v:.3f}" for v in e["values"]))
+        cells.append(", ".join(f"{v:.3f}" for v in group["final_error"]["values"]))
         for level in levels:
-            t = group[f"time_to_{level:g}"]
-            cells.append(f"{t['median'] / 60:.1f} ({t['min'] / 60:.1f}-{t['max'] / 60:.1f})" if t["reached"] == len(members)
+            t, n = group[f"time_to_{level:g}"], len(group["runs"])
+            cells.append(f"{t['median'] / 60:.1f} ({t['min'] / 60:.1f}-{t['max'] / 60:.1f})" if t["reached"] == n
                          else ", ".join(f"{v / 60:.1f}" if math.isfinite(v) else "never" for v in t["values"])
-                         + f" ({t['reached']}/{len(members)})")
-        table.append(cells)
-        # One thin line per seed, the mean over seeds (at each evaluation) thick.
-        length = min(len(r["log"]["mean_error"]) for r in members)
+                         + f" ({t['reached']}/{n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draw_seeds(groups: dict, runs: list, title: str, path: str) -> None:
+    """Mean error against env steps and wall-clock: one thin line per seed, the mean over seeds thick."""
+    logs = {run["run"]: run["log"] for run in runs}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for g, (label, group) in enumerate(groups.items()):
+        members = [logs[name] for name in group["runs"]]
+        length = min(len(log["mean_error"]) for log in members)
         for ax, x in zip(axes, ("env_steps", "wall_clock_s")):
             scale = 1e6 if x == "env_steps" else 60.0
-            for r in members:
-                ax.plot(r["log"][x] / scale, r["log"]["mean_error"], color=f"C{g}", alpha=0.35, lw=0.8)
-            mean_x = np.mean([r["log"][x][:length] for r in members], axis=0) / scale
-            mean_y = np.mean([r["log"]["mean_error"][:length] for r in members], axis=0)
+            for log in members:
+                ax.plot(log[x] / scale, log["mean_error"], color=f"C{g}", alpha=0.35, lw=0.8)
+            mean_x = np.mean([log[x][:length] for log in members], axis=0) / scale
+            mean_y = np.mean([log["mean_error"][:length] for log in members], axis=0)
             ax.plot(mean_x, mean_y, color=f"C{g}", lw=2.0, label=f"{label} (mean of {len(members)})")
-    units = sorted({group["unit"] for group in numbers.values()})
+    units = sorted({group["unit"] for group in groups.values()})
     for ax, xlabel in zip(axes, ("environment steps (millions, all tasks)", "wall-clock (minutes)")):
         ax.set(xlabel=xlabel, ylabel=f"mean error over the training tasks ({' or '.join(units)})")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{os.path.basename(os.path.abspath(args.runs))}: thin lines = seeds, thick = mean over seeds")
-    _save(fig, os.path.join(args.out, "seeds.png"))
-    write_csv(os.path.join(args.out, "seeds.csv"), rows)
-    header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
-              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
-    markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(cells) + " |" for cells in table])
-    policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
-                                 f"95% percentile bootstrap over seeds ({args.reps} resamples, rliable).\n\n{markdown}\n",
-                                 os.path.join(args.out, "seeds.md"))
-    return numbers
+    fig.suptitle(f"{title}: thin lines = seeds, thick = mean over seeds")
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------
@@ -1145,11 +1168,36 @@ def read_log(path: str) -> dict:
         _fail(f"{path} is not a training log of train.py (non-numeric {columns} columns)")
 
 
+def curve_stats(log: dict) -> dict:
+    """The final and best mean return and error of one training log, and its budget."""
+    errors = log["mean_error"]
+    return {"final_return": float(log["mean_return"][-1]), "best_return": float(np.nanmax(log["mean_return"])),
+            "final_error": float(errors[-1]), "best_error": float(np.nanmin(errors)) if np.isfinite(errors).any()
+            else float("nan"), "env_steps": float(log["env_steps"][-1]), "wall_clock_s": float(log["wall_clock_s"][-1])}
+
+
+def draw_curves(family: str, logs: dict, path: str) -> None:
+    """Mean return and mean error against env steps and wall-clock, one line per log."""
+    unit = envs.FAMILIES[family].error_unit
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for name, log in logs.items():
+        for row, (column, label) in enumerate((("mean_return", "mean return over training tasks"),
+                                               ("mean_error", f"mean error ({unit})"))):
+            axes[row, 0].plot(log["env_steps"] / 1e6, log[column], label=name)
+            axes[row, 1].plot(log["wall_clock_s"] / 60.0, log[column], label=name)
+            axes[row, 0].set(xlabel="environment steps (millions, all tasks)", ylabel=label)
+            axes[row, 1].set(xlabel="wall-clock (minutes)", ylabel=label)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{envs.FAMILIES[family].title}: training curves (deterministic evaluation on the training tasks)")
+    _save(fig, path)
+
+
 def curves(args) -> dict:
     """Training curves of EAR against the plain multi-task SAC baseline."""
     numbers = {}
-    families = args.env or list(envs.FAMILIES)
-    for family in families:
+    for family in args.env or list(envs.FAMILIES):
         path = os.path.join(args.checkpoints, f"{family}.csv")
         if not os.path.isfile(path):
             if args.env:
@@ -1161,31 +1209,14 @@ def curves(args) -> dict:
             logs["multi-task SAC baseline"] = read_log(baseline)
         else:
             say(f"curves {family}: no baseline log {baseline}; plotting EAR alone")
-        unit = envs.FAMILIES[family].error_unit
-        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        logs = {name: log for name, log in logs.items() if len(log["env_steps"])}
         family_numbers = {}
         for name, log in logs.items():
-            if len(log["env_steps"]) == 0:
-                continue
-            for row, (column, label) in enumerate((("mean_return", "mean return over training tasks"),
-                                                   ("mean_error", f"mean error ({unit})"))):
-                axes[row, 0].plot(log["env_steps"] / 1e6, log[column], label=name)
-                axes[row, 1].plot(log["wall_clock_s"] / 60.0, log[column], label=name)
-                axes[row, 0].set(xlabel="environment steps (millions, all tasks)", ylabel=label)
-                axes[row, 1].set(xlabel="wall-clock (minutes)", ylabel=label)
-            stats = {"final_return": float(log["mean_return"][-1]), "best_return": float(np.nanmax(log["mean_return"])),
-                     "final_error": float(log["mean_error"][-1]), "best_error": float(np.nanmin(log["mean_error"]))
-                     if np.isfinite(log["mean_error"]).any() else float("nan"),
-                     "env_steps": float(log["env_steps"][-1]), "wall_clock_s": float(log["wall_clock_s"][-1])}
-            family_numbers["ear" if name == "EAR" else "baseline"] = stats
+            stats = family_numbers["ear" if name == "EAR" else "baseline"] = curve_stats(log)
             say(f"curves {family} {name}: final mean return {stats['final_return']:.1f} (best {stats['best_return']:.1f}), "
-                f"final error {stats['final_error']:.3f} {unit} after {stats['env_steps'] / 1e6:.2f}M env steps, "
-                f"{stats['wall_clock_s'] / 60:.1f} min")
-        for ax in axes.flat:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"{envs.FAMILIES[family].title}: training curves (deterministic evaluation on the training tasks)")
-        _save(fig, os.path.join(args.out, f"curves_{family}.png"))
+                f"final error {stats['final_error']:.3f} {envs.FAMILIES[family].error_unit} after "
+                f"{stats['env_steps'] / 1e6:.2f}M env steps, {stats['wall_clock_s'] / 60:.1f} min")
+        draw_curves(family, logs, os.path.join(args.out, f"curves_{family}.png"))
         write_csv(os.path.join(args.out, f"curves_{family}.csv"),
                   [{"run": name, **{k: round(float(v[i]), 4) for k, v in log.items()}}
                    for name, log in logs.items() for i in range(len(log["env_steps"]))])
@@ -1246,6 +1277,30 @@ def render(args) -> dict:
         ia, ib = task_index(policy, family, a_text), task_index(policy, family, b_text)
     except ValueError as error:
         _fail(f"render --pair: {error}")
+    film = filmed_rollout(policy, family, ia, ib, args)
+    if film["frames"] is None:
+        say(f"render: no usable OpenGL backend ({film['backend']}); skipping the filmstrip and GIF")
+        return {"skipped": film["backend"]}
+    names, achieved, unit = film["names"], film["achieved"], envs.FAMILIES[family].error_unit
+    numbers = {"backend": film["backend"], "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
+    draw_filmstrip(family, film, os.path.join(args.out, f"render_{family}.png"))
+    say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {unit}, {names[1]} {achieved[1]:.2f} {unit}; "
+        f"filmstrip via MUJOCO_GL={film['backend']}")
+    if args.gif and len(film["gif_steps"]):
+        try:
+            import PIL  # noqa: F401  (PillowWriter needs it)
+        except ImportError:
+            say("render: pillow is not installed; skipping the GIF")
+            return numbers
+        numbers["gif_frames"] = write_gif(film, os.path.join(args.out, f"render_{family}.gif"))
+    return numbers
+
+
+def filmed_rollout(policy, family: str, ia: int, ib: int, args) -> dict:
+    """One deterministic episode at training LTE ia and at the nlerp midpoint of ia and
+    ib, rendered: the behaviour achieved, the filmstrip's steps (--frames every second
+    step from mid-episode), the GIF's steps (every second step, with --gif) and the
+    frames of both (None, with the reason in "backend", without OpenGL)."""
     E = policy.task_embeddings
     names = [f"training task {envs.task_label(policy.tasks[ia])}",
              f"nlerp({envs.task_label(policy.tasks[ia])}, {envs.task_label(policy.tasks[ib])}, 0.5)"]
@@ -1256,54 +1311,50 @@ def render(args) -> dict:
     position = np.concatenate([np.zeros((1, 2, skip)), np.nancumsum(velocity, axis=0)[:-1] * env.dt])
     qpos = np.concatenate([position, result["obs"][..., : nq - skip]], axis=2)
     valid = np.isfinite(qpos).all(axis=(1, 2))
-    steps = np.flatnonzero(valid)[::2] if args.gif else np.array([], int)  # GIF: every 2nd step, 10 fps = real time
+    gif_steps = np.flatnonzero(valid)[::2] if args.gif else np.array([], int)  # every 2nd step, 10 fps = real time
     start = len(valid) // 2
     strip = np.array([s for s in range(start, start + 2 * args.frames, 2) if s < len(valid) and valid[s]] or [0])
-    wanted = np.union1d(steps, strip)
-    frames, info = render_frames(family, qpos[wanted].transpose(1, 0, 2).reshape(-1, nq))
-    if frames is None:
-        say(f"render: no usable OpenGL backend ({info}); skipping the filmstrip and GIF")
-        return {"skipped": info}
-    frames = frames.reshape(2, len(wanted), *frames.shape[1:])
-    achieved, unit = env.behaviour(result), env.family.error_unit
-    numbers = {"backend": info, "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
+    wanted = np.union1d(gif_steps, strip)
+    frames, backend = render_frames(family, qpos[wanted].transpose(1, 0, 2).reshape(-1, nq))
+    return {"names": names, "achieved": env.behaviour(result), "dt": env.dt, "strip": strip, "gif_steps": gif_steps,
+            "wanted": wanted, "backend": backend,
+            "frames": None if frames is None else frames.reshape(2, len(wanted), *frames.shape[1:])}
+
+
+def draw_filmstrip(family: str, film: dict, path: str) -> None:
+    frames, strip, wanted, dt = film["frames"], film["strip"], film["wanted"], film["dt"]
     fig, axes = plt.subplots(2, len(strip), figsize=(1.6 * len(strip) + 0.5, 3.6), squeeze=False)
     for row in range(2):
         for col, step in enumerate(strip):
             ax = axes[row, col]
             ax.imshow(frames[row, np.searchsorted(wanted, step)])
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"t = {step * env.dt:.2f} s", fontsize=7)
-        axes[row, 0].set_ylabel(f"{names[row]}\n{achieved[row]:.2f} {unit}", fontsize=7)
-    fig.suptitle(f"{envs.FAMILIES[family].title}: training LTE (top) and interpolated LTE (bottom), every {2 * env.dt:.2f} s")
-    _save(fig, os.path.join(args.out, f"render_{family}.png"))
-    say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {unit}, {names[1]} {achieved[1]:.2f} {unit}; "
-        f"filmstrip via MUJOCO_GL={info}")
-    if args.gif and len(steps):
-        try:
-            import PIL  # noqa: F401  (PillowWriter needs it)
-        except ImportError:
-            say("render: pillow is not installed; skipping the GIF")
-            return numbers
-        from matplotlib.animation import FuncAnimation, PillowWriter
-        fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
-        images = []
-        for k, ax in enumerate(axes):
-            images.append(ax.imshow(frames[k, 0]))
-            ax.set_title(names[k], fontsize=8)
-            ax.axis("off")
-        index = np.searchsorted(wanted, steps)
+            ax.set_title(f"t = {step * dt:.2f} s", fontsize=7)
+        axes[row, 0].set_ylabel(f"{film['names'][row]}\n{film['achieved'][row]:.2f} {envs.FAMILIES[family].error_unit}",
+                                fontsize=7)
+    fig.suptitle(f"{envs.FAMILIES[family].title}: training LTE (top) and interpolated LTE (bottom), every {2 * dt:.2f} s")
+    _save(fig, path)
 
-        def update(i):
-            for k, image in enumerate(images):
-                image.set_data(frames[k, index[i]])
-            return images
 
-        FuncAnimation(fig, update, frames=len(index)).save(os.path.join(args.out, f"render_{family}.gif"),
-                                                           writer=PillowWriter(fps=10), dpi=80)
-        plt.close(fig)
-        numbers["gif_frames"] = int(len(index))
-    return numbers
+def write_gif(film: dict, path: str) -> int:
+    """Both episodes side by side at 10 frames per second; returns the frame count."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6))
+    images = []
+    for k, ax in enumerate(axes):
+        images.append(ax.imshow(film["frames"][k, 0]))
+        ax.set_title(film["names"][k], fontsize=8)
+        ax.axis("off")
+    index = np.searchsorted(film["wanted"], film["gif_steps"])
+
+    def update(i):
+        for k, image in enumerate(images):
+            image.set_data(film["frames"][k, index[i]])
+        return images
+
+    FuncAnimation(fig, update, frames=len(index)).save(path, writer=PillowWriter(fps=10), dpi=80)
+    plt.close(fig)
+    return int(len(index))
 
 
 # --------------------------------------------------------------------------
