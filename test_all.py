@@ -1,8 +1,9 @@
-"""The test suite: `python -m pytest -q test_all.py` (under 2 minutes on 2 cores).
+"""The test suite: `python -m pytest -q test_all.py` (about 3 minutes on 2 cores).
 
-Environments (envs.py), networks (policy.py), the SAC update (sac.py), the
-training loop and its files (train.py), adaptation (adapt.py) and the analyses
-(analyze.py). Slow end-to-end checks use tiny budgets; no test measures speed.
+One section per file, in the order of the data path: environments (envs.py),
+networks and the SAC update (policy.py, sac.py), the training loop and its files
+(train.py), the PEARL baseline (pearl.py), sweeps (train.py --sweep, analyze.py
+seeds), adaptation (adapt.py), the analyses (analyze.py) and the README's commands. Slow end-to-end checks use tiny budgets; no test measures speed.
 The scripts run through their `main(argv)` in this process (`run_script`); the
 few checks only a fresh process can make use `run_process`.
 """
@@ -748,6 +749,18 @@ def test_baseline_policy_has_no_embedding():
         policy.task_embeddings
 
 
+def test_rollout_metrics_are_consistent():
+    sac = tiny_sac()
+    env = envs.make("halfcheetah-vel", tasks=[1.0, 2.0, 3.0, 4.0], seed=0)
+    result = rollout(sac.policy, env, episodes=1, record=True, seed=0)
+    assert result["obs"].shape == (200, 4, 17) and result["velocity_steps"].shape == (200, 4)
+    np.testing.assert_allclose(result["velocity"], result["velocity_steps"][50:].mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(result["return"], result["reward_steps"].sum(0), rtol=1e-5)
+    np.testing.assert_allclose(env.task_error(result), np.abs(result["velocity"] - [1, 2, 3, 4]))
+    again = rollout(sac.policy, env, episodes=1, record=True, seed=0)
+    np.testing.assert_array_equal(result["return"], again["return"])
+
+
 # ==========================================================================
 # train.py: end to end, checkpoints, resume, interruption, bad input
 # ==========================================================================
@@ -929,7 +942,93 @@ def test_baseline_trains_and_loads(tmp_path):
     assert result["return"].shape == (10,)
 
 
-# ---- PEARL, the meta-RL baseline (pearl.py) ---------------------------------
+def test_train_benchmark_command_runs():
+    import sac as sac_module
+    result = run_script("train.py", "--benchmark", "--seconds", "0.2")
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout)
+    assert line["machine"]["cpu_class"] == sac_module.cpu_class() and line["machine"]["cpu"]
+    own = [(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if c["preset_precision"]]
+    cores = len(os.sched_getaffinity(0))
+    assert own == [(name, resolve_precision("auto", "cpu"), cores) for name in ("fast", "paper")]
+    others = {(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if not c["preset_precision"]}
+    expected = set()
+    if resolve_precision("auto", "cpu") != "fp32":
+        expected |= {("fast", "fp32", cores), ("paper", "fp32", cores)}
+    if cores > 1:
+        expected.add(("fast", resolve_precision("auto", "cpu"), 1))
+    assert others == expected
+    for config in line["configs"]:
+        assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0 and 0 < config["matmul_share"]
+        assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
+        if config["preset_precision"]:
+            assert set(config["epoch_share"]) == {"stepping", "updating", "evaluating"}
+            assert math.isclose(sum(config["epoch_share"].values()), 1.0, abs_tol=0.01)
+
+
+def test_matmul_replay_records_every_product_of_an_update():
+    """The benchmark's roof replays the products of the forward and the backward
+    pass: a 2-layer critic and a 3-part actor do dozens of them per update."""
+    cfg = asdict(Config(**TINY_SIZES, precision="fp32"))
+    policy, critic = build_networks(5, 2, 3, cfg)
+    sac = SAC(policy, critic, 2, cfg)
+    replay = Replay(3, 10, 5, 2)
+    for _ in range(4):
+        replay.add(np.zeros((3, 5)), np.zeros((3, 2)), np.zeros(3), np.zeros((3, 5)), np.zeros(3, bool))
+    recorder = train._RecordMatmuls()
+    with recorder:
+        sac.update(replay.sample(4))
+    names = {func.overloadpacket.__name__ for func, _ in recorder.calls}
+    assert names >= {"addmm", "mm", "baddbmm", "bmm"} and len(recorder.calls) > 20
+    assert train._matmul_roof_seconds(sac.update, replay.sample(4), repeats=2) > 0
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    cfg = train.parse_overrides(train.Config(), ["encoder_hidden=[8]", "decoder_hidden=[8]", "critic_hidden=[8]", "task_hidden=[8]"])
+    trainer = train.Trainer(cfg, str(tmp_path), "nan", progress=False)
+    losses = [{"critic_loss": torch.tensor(float("nan")), "alpha": torch.tensor(1.0)}]
+    with pytest.raises(SystemExit) as stop:
+        trainer.evaluate_and_log(losses, train._progress(1, 0, False))
+    assert stop.value.code == 2
+    assert not os.path.exists(tmp_path / "nan.pt")  # nothing written from a broken state
+
+
+def test_shipped_checkpoints_load_and_reproduce():
+    """Every shipped checkpoint loads with weights_only=True, names its family and
+    tasks, and a fresh evaluation with the recorded seed reproduces its recorded
+    evaluation within 15% of |return| + 10.
+
+    The tolerance is measured, not guessed: another CPU sums floats in another order,
+    and a locomotion rollout amplifies that like a different reset seed; the recorded
+    return is also the best of a run's evaluations, so a fresh one tends to be lower.
+    Against the returns recorded on the Xeon (AMX) that trained the checkpoints,
+    fresh evaluations on an AMD EPYC (AVX512-BF16), with its own kernels and with
+    AVX2-only kernels, on 1 and 2 threads, and over 5 reset seeds each, deviated by
+    at most 9.9 (four-motion, |return| 30: 33%) and 42 (ant-dir-baseline, 545: 7.7%),
+    2-4% elsewhere; the tolerance is 1.5-2x those. A broken checkpoint or environment
+    misses by far more (an untrained HalfCheetah-Vel policy: about -1100 against -210)."""
+    folder = os.path.join(HERE, "checkpoints")
+    shipped = [n for n in sorted(os.listdir(folder)) if n.endswith(".pt") and not n.endswith(".latest.pt")] if os.path.isdir(folder) else []
+    if not shipped:
+        pytest.skip("no shipped checkpoints")
+    for name in shipped:
+        data = torch.load(os.path.join(folder, name), weights_only=True)
+        if data["config"].get("pearl"):  # its evaluation used context from its replay, which is not shipped
+            agent = pearl.load(os.path.join(folder, name))
+            report = adapt.adapt(agent, agent.tasks[0], "pearl", budget_episodes=2, eval_episodes=1, measure_at=())
+            assert agent.env_name == data["env_name"] and report["episodes"] == 2 and math.isfinite(report["error"])
+            continue
+        loaded = policy_module.load(os.path.join(folder, name))
+        assert loaded.env_name == data["env_name"] and len(loaded.tasks) > 0
+        env = envs.make(loaded.env_name, tasks=loaded.tasks, seed=data["config"]["seed"] + 10_000)
+        fresh = train.evaluate(loaded, env, data["config"]["eval_episodes"], seed=data["config"]["seed"] + 10_000)
+        recorded = data["metrics"]["mean_return"]
+        assert abs(fresh["mean_return"] - recorded) <= 0.15 * abs(recorded) + 10, (name, fresh["mean_return"], recorded)
+
+
+# ==========================================================================
+# pearl.py: the meta-RL baseline, meta-trained by train.py --pearl and adapted by adapt.py
+# ==========================================================================
 
 
 def test_pearl_posterior_is_the_product_of_its_factors_and_narrows_with_context():
@@ -1099,7 +1198,9 @@ def test_release_benchmark_compares_ear_ohe_and_pearl_and_resumes(tiny_pearl, tm
     assert len(calls) == 2 * (2 * len(adapt.QUICK_EPISODES) + 1 + 1)
 
 
-# ---- sweeps on Ray Tune, aggregated over seeds by analyze.py seeds ---------
+# ==========================================================================
+# train.py --sweep on Ray Tune, and analyze.py seeds over its runs
+# ==========================================================================
 
 SWEEP_TRAIN = ["--env", "hopper-vel", "--epochs", "20", "--set", "steps_per_epoch=25", "--set", "updates_per_epoch=20",
                "--set", "warmup_epochs=1", "--set", "eval_every=2", "--set", "eval_episodes=1",
@@ -1189,6 +1290,25 @@ def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path
     assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--out", str(tmp_path)), "no training run")
 
 
+def test_seeds_reads_a_run_saved_before_a_field_existed_as_what_it_ran_with(tmp_path):
+    """A run whose .json predates `actor_every` ran with every-update actor steps: it
+    groups with a run that says actor_every=1, apart from one with actor_every=2."""
+    header = "epoch,env_steps,wall_clock_s,mean_return,mean_error\n"
+    for name, changes in (("old", {}), ("new", {"actor_every": 1, "seed": 1}), ("delayed", {"actor_every": 2})):
+        config = {**asdict(Config()), **changes}
+        if name == "old":
+            del config["actor_every"]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"config": config, "epochs": 1, "updates": 10,
+                                                              "wall_clock_s": 1.0}))
+        (tmp_path / name / "run.csv").write_text(header + f"1,100,1.0,-5.0,{len(name) / 10}\n")
+    result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "100")
+    assert result.returncode == 0, result.stderr
+    groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
+    assert {label: group["runs"] for label, group in groups.items()} == {"actor_every=1": ["old/run", "new/run"],
+                                                                         "actor_every=2": ["delayed/run"]}
+
+
 def test_sweep_runs_unchanged_on_an_existing_cluster(tmp_path):
     """`ray start --head` (its own temp dir and token, killed with its process group
     afterwards), then the sweep with --address HOST:PORT, as on a cluster's machine."""
@@ -1257,51 +1377,6 @@ def test_sweep_grid_and_its_standalone_commands():
     assert "--seed 1" in trials[3]["command"] and "--set critic_hidden=[8,8]" in trials[3]["command"]
     pearl_trials = train.sweep_trials(train.parse_grid(["seed=0,1"]), argparse.Namespace(**{**vars(args), "pearl": True}))
     assert all(t["config"]["reward_scale"] == pearl.REWARD_SCALE for t in pearl_trials)  # as `train.py --pearl` alone
-
-
-def test_rollout_metrics_are_consistent():
-    sac = tiny_sac()
-    env = envs.make("halfcheetah-vel", tasks=[1.0, 2.0, 3.0, 4.0], seed=0)
-    result = rollout(sac.policy, env, episodes=1, record=True, seed=0)
-    assert result["obs"].shape == (200, 4, 17) and result["velocity_steps"].shape == (200, 4)
-    np.testing.assert_allclose(result["velocity"], result["velocity_steps"][50:].mean(0), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(result["return"], result["reward_steps"].sum(0), rtol=1e-5)
-    np.testing.assert_allclose(env.task_error(result), np.abs(result["velocity"] - [1, 2, 3, 4]))
-    again = rollout(sac.policy, env, episodes=1, record=True, seed=0)
-    np.testing.assert_array_equal(result["return"], again["return"])
-
-
-def test_shipped_checkpoints_load_and_reproduce():
-    """Every shipped checkpoint loads with weights_only=True, names its family and
-    tasks, and a fresh evaluation with the recorded seed reproduces its recorded
-    evaluation within 15% of |return| + 10.
-
-    The tolerance is measured, not guessed: another CPU sums floats in another order,
-    and a locomotion rollout amplifies that like a different reset seed; the recorded
-    return is also the best of a run's evaluations, so a fresh one tends to be lower.
-    Against the returns recorded on the Xeon (AMX) that trained the checkpoints,
-    fresh evaluations on an AMD EPYC (AVX512-BF16), with its own kernels and with
-    AVX2-only kernels, on 1 and 2 threads, and over 5 reset seeds each, deviated by
-    at most 9.9 (four-motion, |return| 30: 33%) and 42 (ant-dir-baseline, 545: 7.7%),
-    2-4% elsewhere; the tolerance is 1.5-2x those. A broken checkpoint or environment
-    misses by far more (an untrained HalfCheetah-Vel policy: about -1100 against -210)."""
-    folder = os.path.join(HERE, "checkpoints")
-    shipped = [n for n in sorted(os.listdir(folder)) if n.endswith(".pt") and not n.endswith(".latest.pt")] if os.path.isdir(folder) else []
-    if not shipped:
-        pytest.skip("no shipped checkpoints")
-    for name in shipped:
-        data = torch.load(os.path.join(folder, name), weights_only=True)
-        if data["config"].get("pearl"):  # its evaluation used context from its replay, which is not shipped
-            agent = pearl.load(os.path.join(folder, name))
-            report = adapt.adapt(agent, agent.tasks[0], "pearl", budget_episodes=2, eval_episodes=1, measure_at=())
-            assert agent.env_name == data["env_name"] and report["episodes"] == 2 and math.isfinite(report["error"])
-            continue
-        loaded = policy_module.load(os.path.join(folder, name))
-        assert loaded.env_name == data["env_name"] and len(loaded.tasks) > 0
-        env = envs.make(loaded.env_name, tasks=loaded.tasks, seed=data["config"]["seed"] + 10_000)
-        fresh = train.evaluate(loaded, env, data["config"]["eval_episodes"], seed=data["config"]["seed"] + 10_000)
-        recorded = data["metrics"]["mean_return"]
-        assert abs(fresh["mean_return"] - recorded) <= 0.15 * abs(recorded) + 10, (name, fresh["mean_return"], recorded)
 
 
 # ==========================================================================
@@ -1541,6 +1616,15 @@ def test_unknown_or_mismatched_family_exits_2_with_one_line(tmp_path):
     path = save_checkpoint(lte_sensitive_policy(), tmp_path / "tiny.pt")
     assert_one_line_error(run_script("adapt.py", "--env", "ant-dir", "--checkpoint", path, "--task", "77"), "halfcheetah-vel")
     assert_one_line_error(run_script("adapt.py", "--env", "nope", "--task", "3"), "nope")
+
+
+def test_adapt_benchmark_quick_runs(tmp_path):
+    _shipped()
+    result = run_script("adapt.py", "--benchmark", "--quick", "--eval-episodes", "1", "--out", str(tmp_path / "b.json"))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    tasks = envs.FAMILIES["halfcheetah-vel"].test_tasks
+    assert [r["task"] for r in rows] == [tasks[0]] * 4 + [tasks[-1]] * 4  # --quick: one task in range, one outside
 
 
 # ==========================================================================
@@ -1851,66 +1935,6 @@ def test_readme_quick_tour_with_tiny_budgets(tmp_path):
                         "--out", str(tmp_path / "results"), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "results" / "interpolate_halfcheetah-vel.png").exists()
-
-
-def test_train_benchmark_command_runs():
-    import sac as sac_module
-    result = run_script("train.py", "--benchmark", "--seconds", "0.2")
-    assert result.returncode == 0, result.stderr
-    line = json.loads(result.stdout)
-    assert line["machine"]["cpu_class"] == sac_module.cpu_class() and line["machine"]["cpu"]
-    own = [(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if c["preset_precision"]]
-    cores = len(os.sched_getaffinity(0))
-    assert own == [(name, resolve_precision("auto", "cpu"), cores) for name in ("fast", "paper")]
-    others = {(c["preset"], c["precision"], c["threads"]) for c in line["configs"] if not c["preset_precision"]}
-    expected = set()
-    if resolve_precision("auto", "cpu") != "fp32":
-        expected |= {("fast", "fp32", cores), ("paper", "fp32", cores)}
-    if cores > 1:
-        expected.add(("fast", resolve_precision("auto", "cpu"), 1))
-    assert others == expected
-    for config in line["configs"]:
-        assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0 and 0 < config["matmul_share"]
-        assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
-        if config["preset_precision"]:
-            assert set(config["epoch_share"]) == {"stepping", "updating", "evaluating"}
-            assert math.isclose(sum(config["epoch_share"].values()), 1.0, abs_tol=0.01)
-
-
-def test_matmul_replay_records_every_product_of_an_update():
-    """The benchmark's roof replays the products of the forward and the backward
-    pass: a 2-layer critic and a 3-part actor do dozens of them per update."""
-    cfg = asdict(Config(**TINY_SIZES, precision="fp32"))
-    policy, critic = build_networks(5, 2, 3, cfg)
-    sac = SAC(policy, critic, 2, cfg)
-    replay = Replay(3, 10, 5, 2)
-    for _ in range(4):
-        replay.add(np.zeros((3, 5)), np.zeros((3, 2)), np.zeros(3), np.zeros((3, 5)), np.zeros(3, bool))
-    recorder = train._RecordMatmuls()
-    with recorder:
-        sac.update(replay.sample(4))
-    names = {func.overloadpacket.__name__ for func, _ in recorder.calls}
-    assert names >= {"addmm", "mm", "baddbmm", "bmm"} and len(recorder.calls) > 20
-    assert train._matmul_roof_seconds(sac.update, replay.sample(4), repeats=2) > 0
-
-
-def test_adapt_benchmark_quick_runs(tmp_path):
-    _shipped()
-    result = run_script("adapt.py", "--benchmark", "--quick", "--eval-episodes", "1", "--out", str(tmp_path / "b.json"))
-    assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    tasks = envs.FAMILIES["halfcheetah-vel"].test_tasks
-    assert [r["task"] for r in rows] == [tasks[0]] * 4 + [tasks[-1]] * 4  # --quick: one task in range, one outside
-
-
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    cfg = train.parse_overrides(train.Config(), ["encoder_hidden=[8]", "decoder_hidden=[8]", "critic_hidden=[8]", "task_hidden=[8]"])
-    trainer = train.Trainer(cfg, str(tmp_path), "nan", progress=False)
-    losses = [{"critic_loss": torch.tensor(float("nan")), "alpha": torch.tensor(1.0)}]
-    with pytest.raises(SystemExit) as stop:
-        trainer.evaluate_and_log(losses, train._progress(1, 0, False))
-    assert stop.value.code == 2
-    assert not os.path.exists(tmp_path / "nan.pt")  # nothing written from a broken state
 
 
 @pytest.mark.parametrize("extra", [["--set", "lte_noise=0", "--set", "lte_dim=8"], ["--preset", "paper"]])
