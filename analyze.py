@@ -14,100 +14,24 @@ envs.make(env, tasks=[task] * N) stand in for repeated episodes (each starts fro
 its own reset noise); the task there only sets the reward, the behaviour we
 measure is the velocity (Ant: heading) and the torso height.
 
-evaluate  (the results table of the README)
-    Every checkpoint in --checkpoints (EAR and baselines), --episodes deterministic
-    episodes per training task from fresh resets (seed + 10000), with its training
-    budget (updates, env steps, wall-clock) and the family's own error measure:
-    velocity error in m/s (mean and worst task) and falls for the velocity
-    families; heading error in degrees and mean speed along the commanded
-    direction for Ant-Dir; run-task velocity error and mean root height z of the
-    jump (and stand) tasks for the run-jump cheetah. Writes evaluate.csv and
-    evaluate.md (the table as Markdown).
-ablation  (LTE noise on/off, LTE dimension 3 vs 8; not part of `all`)
-    For every run folder in --runs holding a halfcheetah-vel.pt (trained with
-    `train.py --out RUNS/NAME --seed S --set lte_noise=... --set lte_dim=...`): the
-    training error as in `evaluate` and the interpolation R^2 against the targets
-    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min,
-    max and the 95% bootstrap interval of the mean (as `seeds`) over the seeds of
-    each (lte_noise, lte_dim) setting; `train.py --sweep` makes such a folder. Writes
-    ablation.csv (one row per run: its training budget in updates, from its .json, and
-    the updates at the saved best epoch that is evaluated) and ablation.png.
-seeds  (several seeds of each configuration; not part of `all`)
-    For a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME), or
-    any folder of train.py runs: the runs grouped by configuration (every Config
-    field but seed, threads, precision, device), each configuration's final and best
-    mean error and mean return as mean and interquartile mean over its seeds, each
-    with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
-    per-seed values and, with --reach, the wall-clock to each error level ("final":
-    the mean of each run's last --last evaluations, default 1). Writes
-    seeds.md, seeds.csv and seeds.png into that folder (or --out).
-interpolate  (paper Sec. 5.2, zero-shot interpolation)
-    For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
-    to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
-    and by slerp (constant angular speed along the great circle). Each e(alpha) is
-    rolled out --episodes times with deterministic (tanh of the mean) and with
-    stochastic actions. Reported: the behaviour at alpha = 0.5; R^2 of the achieved
-    behaviour against the linear prediction (1 - alpha) v_a + alpha v_b, with v the
-    target velocities (Ant: the target headings, unwrapped; "r2_targets") and with v
-    the behaviour achieved at the two ends ("r2_endpoints"); monotonic: no step in
-    alpha moves against the direction a -> b by more than 0.05 m/s (Ant 2 degrees).
-    R^2 = 1 - sum (y - prediction)^2 / sum (y - mean y)^2 over the alphas (y: the
-    mean over episodes); null when y does not vary (a policy that stands still).
-    Velocity: mean over steps 50-200 of the episode; Ant heading: direction of the
-    torso's displacement over the episode (the release's measure: heading of the final position).
-compose  (paper Sec. 5.2, composition on the multi-modal cheetah)
-    On halfcheetah-runjump.pt, and on every other halfcheetah-runjump-NAME.pt beside
-    it (compose_NAME.png/csv, summary key NAME; e.g. the four-motion tasks):
-    normalize((1 - mix) e_run + mix e_jump), and e_stand likewise when the checkpoint
-    has a stand task, against the pure tasks. Over steps 50-200, like the velocity:
-    forward velocity, mean and peak root height z (the root slide: 0 at the start
-    pose with the torso 0.7 m above the floor, about -0.12 m for a cheetah standing
-    at rest) and the airborne fraction, the fraction of steps with z above
-    --airborne-height (0.2 m: a level torso is then 0.9 m up, out of reach of the
-    ~0.6 m legs; a rearing cheetah can pass it with a hind foot down, so read it
-    as "high" rather than strictly airborne).
-    Then every mixing weight of --alphas in [0, 1], by nlerp and by slerp, for run +
-    jump and run + stand (compose_sweep[_NAME].png/csv, summary key mixing_sweep):
-    the same measures and the torso pitch (nose-up angle -qpos[2], degrees), which
-    weights compose (at least half the run task's velocity while airborne on 30% of
-    steps, or for stand a mean pitch of 30 degrees), the two LTEs' angle and the
-    training tasks whose LTEs lie nearest along the path.
-sphere  (the paper's self-organised LTE space, Sec. 5.2)
-    The trained LTEs on S^2 and --directions Fibonacci-lattice directions, one
-    rollout each, coloured by the velocity (Ant: heading, and speed) they produce.
-    neighbour_ratio = mean |b_i - b_nn(i)| / mean |b_i - b_j| over the lattice
-    (nn: nearest lattice neighbour; j: random partner): 0 is a perfectly smooth
-    behaviour map, 1 a map with no spatial structure. lte_nearest_is_adjacent_task:
-    fraction of trained LTEs whose nearest other LTE belongs to a neighbouring task
-    in the task list (1: the LTEs lie on a curve in task order).
-equivariance  (the paper's claim that the LSE is equivariant)
-    LSE trajectories s_t of every training task (steps 50-200, deterministic),
-    projected to their first two principal components, and this measure (ours):
-        R* = argmin_{R in O(16)} sum_t ||R s_t - s_{t+1}||^2   (orthogonal Procrustes:
-             R* = U V^T from the SVD  sum_t s_{t+1} s_t^T = U S V^T)
-        residual = sum_t ||R* s_t - s_{t+1}||^2 / sum_t ||s_t - s_{t+1}||^2
-    i.e. the part of each step that one fixed rotation cannot explain, relative to
-    standing still (R = I). 0: the time shift acts on the LSE as one fixed rotation
-    (equivariant: the gait is an orbit of a group action); 1: a rotation predicts
-    the next LSE no better than the current one. "shuffled" is the same residual
-    with the time order randomly permuted (mean of 20 permutations): the chance
-    level of fitting a rotation (16*15/2 free parameters) to steps with no order.
-    Also reported: step_deg, the mean angle the LSE turns per step (a nearly still
-    LSE makes any residual meaningless: below 0.01 degrees per step the residual
-    is NaN), and NaN for trajectories shorter than 2*16 + 2 steps (falls).
-curves  (EAR against multi-task SAC during training)
-    Mean return and mean error over the training tasks against env steps and
-    wall-clock, EAR against the plain multi-task SAC baseline, from the CSV logs.
-render
-    Filmstrip PNG and side-by-side GIF of the cheetah at a training LTE and at the
-    nlerp midpoint of a pair, through mujoco.Renderer (headless: MUJOCO_GL=egl,
-    then osmesa, tried in a child process); without OpenGL it says so and skips.
+Subcommands (`python analyze.py NAME --help` defines each one's measures; `all` runs the
+first seven):
+    evaluate     the results table: a fresh deterministic evaluation of every checkpoint.
+    interpolate  zero-shot interpolation (paper Sec. 5.2): nlerp and slerp between training LTEs.
+    compose      composition (paper Sec. 5.2): run + jump (+ stand) LTE mixes against the pure tasks.
+    sphere       the self-organised LTE space (paper Sec. 5.2): the behaviour over the whole sphere.
+    equivariance the LSE's equivariance: orbits over the gait and one rotation per step.
+    curves       training curves, EAR against the plain multi-task SAC baseline.
+    render       filmstrip and GIF of a training LTE and an interpolated one.
+    ablation     the LTE-noise and LTE-dimension ablation on HalfCheetah-Vel, over seeds.
+    seeds        a sweep's runs grouped by configuration, with 95% intervals over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -411,7 +335,22 @@ def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> 
 
 
 def interpolate(args) -> dict:
-    """Sweep nlerp and slerp between pairs of training LTEs; plot behaviour against alpha."""
+    """Zero-shot interpolation (paper Sec. 5.2): nlerp and slerp between pairs of training LTEs.
+
+    For pairs of training tasks (a, b) the LTE e(alpha) runs from e_a (alpha = 0)
+    to e_b (alpha = 1) in --alphas steps, by nlerp: normalize((1 - alpha) e_a + alpha e_b)
+    and by slerp (constant angular speed along the great circle). Each e(alpha) is
+    rolled out --episodes times with deterministic (tanh of the mean) and with
+    stochastic actions. Reported: the behaviour at alpha = 0.5; R^2 of the achieved
+    behaviour against the linear prediction (1 - alpha) v_a + alpha v_b, with v the
+    target velocities (Ant: the target headings, unwrapped; "r2_targets") and with v
+    the behaviour achieved at the two ends ("r2_endpoints"); monotonic: no step in
+    alpha moves against the direction a -> b by more than 0.05 m/s (Ant 2 degrees).
+    R^2 = 1 - sum (y - prediction)^2 / sum (y - mean y)^2 over the alphas (y: the
+    mean over episodes); null when y does not vary (a policy that stands still).
+    Velocity: mean over steps 50-200 of the episode; Ant heading: direction of the
+    torso's displacement over the episode (the release's measure: heading of the final position).
+    """
     numbers, problems = {}, []
     for family, policy in checkpoints(args, "interpolate", ["halfcheetah-vel", "ant-dir"]):
         pairs = interpolation_pairs(policy, family, args.pair or envs.FAMILIES[family].pairs, problems)
@@ -448,7 +387,25 @@ def interpolate(args) -> dict:
 
 
 def compose(args) -> dict:
-    """Run + jump (+ stand) LTE compositions against the pure tasks on the multi-modal cheetah."""
+    """Composition (paper Sec. 5.2): run + jump (+ stand) LTE mixes against the pure tasks.
+
+    On halfcheetah-runjump.pt, and on every other halfcheetah-runjump-NAME.pt beside
+    it (compose_NAME.png/csv, summary key NAME; e.g. the four-motion tasks):
+    normalize((1 - mix) e_run + mix e_jump), and e_stand likewise when the checkpoint
+    has a stand task, against the pure tasks. Over steps 50-200, like the velocity:
+    forward velocity, mean and peak root height z (the root slide: 0 at the start
+    pose with the torso 0.7 m above the floor, about -0.12 m for a cheetah standing
+    at rest) and the airborne fraction, the fraction of steps with z above
+    --airborne-height (0.2 m: a level torso is then 0.9 m up, out of reach of the
+    ~0.6 m legs; a rearing cheetah can pass it with a hind foot down, so read it
+    as "high" rather than strictly airborne).
+    Then every mixing weight of --alphas in [0, 1], by nlerp and by slerp, for run +
+    jump and run + stand (compose_sweep[_NAME].png/csv, summary key mixing_sweep):
+    the same measures and the torso pitch (nose-up angle -qpos[2], degrees), which
+    weights compose (at least half the run task's velocity while airborne on 30% of
+    steps, or for stand a mean pitch of 30 degrees), the two LTEs' angle and the
+    training tasks whose LTEs lie nearest along the path.
+    """
     family = "halfcheetah-runjump"
     if args.env and family not in args.env:
         say(f"compose: skipped ({family} not among --env)")
@@ -654,7 +611,16 @@ def draw_mixing_sweep(title: str, sweep: dict, args, settled: int, path: str) ->
 
 
 def sphere(args) -> dict:
-    """Behaviour map of the whole LTE sphere, with the trained LTEs on it."""
+    """The self-organised LTE space (paper Sec. 5.2): the behaviour over the whole sphere.
+
+    The trained LTEs on S^2 and --directions Fibonacci-lattice directions, one
+    rollout each, coloured by the velocity (Ant: heading, and speed) they produce.
+    neighbour_ratio = mean |b_i - b_nn(i)| / mean |b_i - b_j| over the lattice
+    (nn: nearest lattice neighbour; j: random partner): 0 is a perfectly smooth
+    behaviour map, 1 a map with no spatial structure. lte_nearest_is_adjacent_task:
+    fraction of trained LTEs whose nearest other LTE belongs to a neighbouring task
+    in the task list (1: the LTEs lie on a curve in task order).
+    """
     numbers = {}
     directions = fibonacci_sphere(args.directions)
     for family, policy in checkpoints(args, "sphere", list(envs.FAMILIES)):
@@ -743,7 +709,23 @@ def draw_sphere(family: str, policy, directions: np.ndarray, panels: list, path:
 
 
 def equivariance(args) -> dict:
-    """LSE orbits over the gait (PCA) and the orthogonal-Procrustes residual per task."""
+    """The LSE's equivariance: orbits over the gait and one rotation per step.
+
+    LSE trajectories s_t of every training task (steps 50-200, deterministic),
+    projected to their first two principal components, and this measure (ours):
+        R* = argmin_{R in O(16)} sum_t ||R s_t - s_{t+1}||^2   (orthogonal Procrustes:
+             R* = U V^T from the SVD  sum_t s_{t+1} s_t^T = U S V^T)
+        residual = sum_t ||R* s_t - s_{t+1}||^2 / sum_t ||s_t - s_{t+1}||^2
+    i.e. the part of each step that one fixed rotation cannot explain, relative to
+    standing still (R = I). 0: the time shift acts on the LSE as one fixed rotation
+    (equivariant: the gait is an orbit of a group action); 1: a rotation predicts
+    the next LSE no better than the current one. "shuffled" is the same residual
+    with the time order randomly permuted (mean of 20 permutations): the chance
+    level of fitting a rotation (16*15/2 free parameters) to steps with no order.
+    Also reported: step_deg, the mean angle the LSE turns per step (a nearly still
+    LSE makes any residual meaningless: below 0.01 degrees per step the residual
+    is NaN), and NaN for trajectories shorter than 2*16 + 2 steps (falls).
+    """
     numbers = {}
     for family, policy in checkpoints(args, "equivariance", list(envs.FAMILIES)):
         stats, scores, orbits = lse_equivariance(policy, family, args)
@@ -861,7 +843,17 @@ def evaluation_table(rows: list, measures: list, episodes: int) -> str:
 
 
 def evaluate(args) -> dict:
-    """Fresh deterministic evaluation of every checkpoint in --checkpoints: the results table."""
+    """The results table: a fresh deterministic evaluation of every checkpoint.
+
+    Every checkpoint in --checkpoints (EAR and baselines), --episodes deterministic
+    episodes per training task from fresh resets (seed + 10000), with its training
+    budget (updates, env steps, wall-clock) and the family's own error measure:
+    velocity error in m/s (mean and worst task) and falls for the velocity
+    families; heading error in degrees and mean speed along the commanded
+    direction for Ant-Dir; run-task velocity error and mean root height z of the
+    jump (and stand) tasks for the run-jump cheetah. Writes evaluate.csv and
+    evaluate.md (the table as Markdown).
+    """
     names = sorted(n for n in os.listdir(args.checkpoints) if n.endswith(".pt") and not n.endswith(".latest.pt"))
     rows, measures = [], []
     for name in names:
@@ -897,8 +889,17 @@ ABLATION_COLUMNS = {"error": "mean velocity error (m/s)",  # a column of ablatio
 
 
 def ablation(args) -> dict:
-    """LTE noise and LTE dimension on HalfCheetah-Vel: training error and interpolation R^2
-    of every run folder in --runs (each holding a halfcheetah-vel.pt), grouped by setting."""
+    """The LTE-noise and LTE-dimension ablation on HalfCheetah-Vel, over seeds (not part of `all`).
+
+    For every run folder in --runs holding a halfcheetah-vel.pt (trained with
+    `train.py --out RUNS/NAME --seed S --set lte_noise=... --set lte_dim=...`): the
+    training error as in `evaluate` and the interpolation R^2 against the targets
+    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min,
+    max and the 95% bootstrap interval of the mean (as `seeds`) over the seeds of
+    each (lte_noise, lte_dim) setting; `train.py --sweep` makes such a folder. Writes
+    ablation.csv (one row per run: its training budget in updates, from its .json, and
+    the updates at the saved best epoch that is evaluated) and ablation.png.
+    """
     family = "halfcheetah-vel"
     if not os.path.isdir(args.runs):
         _fail(f"ablation: --runs {args.runs} is not a folder; train the runs first (README, 'Ablation')")
@@ -1043,8 +1044,17 @@ def time_to(log: dict, level: float) -> float:
 
 
 def seeds(args) -> dict:
-    """A sweep's runs (train.py --sweep, or any folder of train.py runs) grouped by
-    configuration: final and best error and return over seeds, with 95% bootstrap intervals."""
+    """A sweep's runs grouped by configuration, with 95% intervals over seeds (not part of `all`).
+
+    For a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME), or
+    any folder of train.py runs: the runs grouped by configuration (every Config
+    field but seed, threads, precision, device), each configuration's final and best
+    mean error and mean return as mean and interquartile mean over its seeds, each
+    with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
+    per-seed values and, with --reach, the wall-clock to each error level ("final":
+    the mean of each run's last --last evaluations, default 1). Writes
+    seeds.md, seeds.csv and seeds.png into that folder (or --out).
+    """
     runs = find_runs(args.runs)
     if not runs:
         _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {args.runs}")
@@ -1195,7 +1205,11 @@ def draw_curves(family: str, logs: dict, path: str) -> None:
 
 
 def curves(args) -> dict:
-    """Training curves of EAR against the plain multi-task SAC baseline."""
+    """Training curves, EAR against the plain multi-task SAC baseline.
+
+    Mean return and mean error over the training tasks against env steps and
+    wall-clock, EAR against the plain multi-task SAC baseline, from the CSV logs.
+    """
     numbers = {}
     for family in args.env or list(envs.FAMILIES):
         path = os.path.join(args.checkpoints, f"{family}.csv")
@@ -1267,7 +1281,12 @@ def render_frames(family: str, qpos: np.ndarray, width: int = 240, height: int =
 
 
 def render(args) -> dict:
-    """Filmstrip (and GIF) of a training LTE and an interpolated one."""
+    """Filmstrip and GIF of a training LTE and an interpolated one.
+
+    Filmstrip PNG and side-by-side GIF of the cheetah at a training LTE and at the
+    nlerp midpoint of a pair, through mujoco.Renderer (headless: MUJOCO_GL=egl,
+    then osmesa, tried in a child process); without OpenGL it says so and skips.
+    """
     found = checkpoints(args, "render", ["halfcheetah-vel"])[:1]
     if not found:
         return {}
@@ -1403,12 +1422,16 @@ def takes(command: str, users) -> bool:
     return command in users or command == "all"
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """A subcommand's --help: its docstring as written, the options with their defaults."""
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,seeds,all}")
     for name in (*SUBCOMMANDS, "ablation", "seeds", "all"):
-        doc = (COMMANDS[name].__doc__ or "").strip() if name in COMMANDS else "every subcommand, in order"
-        p = sub.add_parser(name, help=doc, description=doc)
+        doc = inspect.getdoc(COMMANDS[name]) if name in COMMANDS else "Every subcommand but ablation and seeds, in order."
+        p = sub.add_parser(name, help=doc.split("\n")[0].replace("%", "%%"), description=doc, formatter_class=_HelpFormatter)
         p.add_argument("--checkpoints", "--checkpoint-dir", dest="checkpoints", default=os.path.join(HERE, "checkpoints"),
                        help="folder of <env>.pt checkpoints and <env>.csv training logs")
         p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the figures, tables and summary.json")

@@ -1892,6 +1892,14 @@ def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
     assert_one_line_error(run_script("analyze.py", *args))
 
 
+@pytest.mark.parametrize("script, args", [("train.py", []), ("adapt.py", []), ("envs.py", []), ("analyze.py", [])]
+                         + [("analyze.py", [name]) for name in (*analyze.SUBCOMMANDS, "ablation", "seeds", "all")])
+def test_every_help_prints_usage(script, args):
+    """--help of every script and subcommand prints its usage (a '%' in a docstring once broke it)."""
+    result = run_script(script, *args, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
 def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
     """The other bad-input tests call each script's main() in this process; here
     every script runs as a user runs it, all at once (about one torch import)."""
