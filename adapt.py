@@ -137,6 +137,7 @@ from envs import ArgumentParser
 import pearl
 from policy import CheckpointError, atomic_write_text, build_networks, load, rollout
 from sac import cpu_class, machine, resolve_precision, resolve_threads
+from train import Config, Trainer, saved_config
 
 METHODS = ("bracket", "cem", "scratch", "finetune")  # for an EAR checkpoint (OHE: bracket, cem)
 PRIORS = ("task", "none")  # what a search may know of the new task: its value, or nothing (rewards only)
@@ -358,7 +359,6 @@ def _base_config(policy, **changes):
     """The checkpoint's training config as a train.Config (defaults for fields it
     lacks), with the machine settings (precision, threads, device) left for this
     machine to resolve: a checkpoint records what its training machine ran with."""
-    from train import Config, saved_config
     here = {"precision": Config.precision, "threads": Config.threads, "device": "cpu"}
     return replace(saved_config(getattr(policy, "config", None) or {}), **here, env=policy.env_name, **changes)
 
@@ -370,7 +370,6 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     charged) runs when the episode count reaches each of `measure_at`, on the network
     the method would return if stopped there (its best snapshot so far, else the
     start); its reports join the curve."""
-    from train import Trainer
     cfg = _base_config(policy, baseline=method == "scratch" or policy.baseline, seed=seed, batch_per_task=SAC_BATCH,
                        replay_per_task=max(budget_steps, 1))
     torch.manual_seed(seed)
