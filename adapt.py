@@ -103,11 +103,13 @@ Release protocol (--benchmark release): the comparison the authors' working code
 runs, on the test tasks it draws (HalfCheetah-Vel: 10 velocities randint(0, 100) / 10;
 Hopper and Walker: 5 of 0.1..2.0; Ant: 5 directions; a fixed seed, envs.py
 release_test_tasks), for adaptation seeds 1, 3, 5 (--seeds): EAR (--checkpoint) by
-bracket with and without the task's value (--prior task / none) and by cem; OHE
-(--baseline-checkpoint, default <env>-baseline.pt beside it) the same way; PEARL
-(--pearl-checkpoint, default <env>-pearl.pt) by its own protocol. Each search runs
-once per budget of 1, 2, 3, 5, 10, 20, 45 episodes (cem: its 900); PEARL runs 45
-episodes once and is measured after each of those counts. Writes
+bracket with and without the task's value (--prior task / none), by cem and by
+finetune; OHE (--baseline-checkpoint, default <env>-baseline.pt beside it) the same
+way; PEARL (--pearl-checkpoint, default <env>-pearl.pt) by its own protocol. Each
+search runs once per budget of 1, 2, 3, 5, 10, 20, 45 episodes (cem: its 900);
+PEARL and finetune run 45 episodes once and are measured after each of those counts
+(finetune: its best snapshot so far, which until its first evaluation that beats the
+start is the pretrained network at the start input). Writes
 results/adapt_release_<env>.json (or --out; rows are reused on a rerun with the same
 checkpoint files, so an interrupted benchmark resumes), and beside it the figure of
 mean error against episodes with a 95% bootstrap interval over seeds (.png) and the
@@ -135,7 +137,7 @@ import torch
 import envs
 from envs import ArgumentParser
 import pearl
-from policy import CheckpointError, atomic_write_text, build_networks, load, rollout
+from policy import CheckpointError, atomic_write_text, build_networks, load, rollout, unit
 from sac import cpu_class, machine, resolve_precision, resolve_threads
 from train import Config, Trainer, saved_config
 
@@ -154,11 +156,6 @@ FINAL_SEED = 1_000_000  # the final measurement's reset noise differs from every
 # --------------------------------------------------------------------------
 # The sphere
 # --------------------------------------------------------------------------
-
-
-def unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def tangent(x, v):
@@ -743,14 +740,14 @@ def release_summary(rows: list[dict], seeds, outside=()) -> list[dict]:
 
 
 def print_release_summary(result: dict) -> None:
-    unit = envs.FAMILIES[result["env"]].error_unit
+    error_unit = envs.FAMILIES[result["env"]].error_unit
     here = result["machine"]
     outside = result.get("outside_training_range", [])
     print(f"{result['env']}: tasks {', '.join(f'{t:g}' for t in result['tasks'])}"
           f"{' (outside the training range: ' + ', '.join(f'{t:g}' for t in outside) + ')' if outside else ''}; "
           f"adaptation seeds {', '.join(map(str, result['seeds']))}; machine {here['cpu']} ({here['cpu_class']})")
     interval = lambda e: f"{e['mean']:.3f} [{e['mean_low']:.3f}, {e['mean_high']:.3f}]"
-    print(f"{'method':>26} {'episodes':>8} {'mean error (' + unit + '), 95% interval':>30} "
+    print(f"{'method':>26} {'episodes':>8} {'mean error (' + error_unit + '), 95% interval':>30} "
           f"{'in the training range':>24} {'per seed':>20} {'wall s':>7}")
     for row in result["summary"]:
         wall = "-" if row["wall_clock_s"] is None else f"{row['wall_clock_s']:.1f}"
@@ -762,11 +759,11 @@ def print_release_summary(result: dict) -> None:
 def release_markdown(result: dict) -> str:
     """The summary as Markdown: mean error [95% interval over seeds] per method and
     budget, over every task and over the tasks inside the training range."""
-    unit = envs.FAMILIES[result["env"]].error_unit
+    error_unit = envs.FAMILIES[result["env"]].error_unit
     budgets = sorted({row["budget"] for row in result["summary"]})
     here = result["machine"]
     lines = [f"{result['env']}, release test tasks {', '.join(f'{t:g}' for t in result['tasks'])}, adaptation seeds "
-             f"{', '.join(map(str, result['seeds']))}; mean error ({unit}) over the tasks, then mean and 95% "
+             f"{', '.join(map(str, result['seeds']))}; mean error ({error_unit}) over the tasks, then mean and 95% "
              f"bootstrap interval over seeds; {result['eval_episodes']} deterministic measurement episodes per "
              f"adaptation; {here['cpu']} ({here['cpu_class']}), torch {here['torch']}.", ""]
     outside = result.get("outside_training_range", [])

@@ -53,6 +53,7 @@ import envs  # noqa: E402
 import policy as policy_lib  # noqa: E402
 import train  # noqa: E402
 from envs import ArgumentParser  # noqa: E402
+from policy import nlerp, slerp, unit  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROG = "analyze.py"
@@ -70,30 +71,6 @@ def say(line: str) -> None:
 # --------------------------------------------------------------------------
 # Geometry on the sphere, and the equivariance measure
 # --------------------------------------------------------------------------
-
-
-def _unit(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def nlerp(a, b, alpha: float) -> np.ndarray:
-    """normalize((1 - alpha) a + alpha b): a at alpha = 0, b at alpha = 1."""
-    mix = (1.0 - alpha) * _unit(a) + alpha * _unit(b)
-    norm = np.linalg.norm(mix)
-    if norm < 1e-9:
-        raise ValueError("nlerp of opposite vectors at their midpoint has no direction")
-    return mix / norm
-
-
-def slerp(a, b, alpha: float) -> np.ndarray:
-    """Great-circle interpolation at constant angular speed: a at alpha = 0, b at alpha = 1."""
-    a, b = _unit(a), _unit(b)
-    omega = math.acos(float(np.clip(a @ b, -1.0, 1.0)))
-    if math.sin(omega) < 1e-6:  # (nearly) equal vectors: the chord is the arc
-        return nlerp(a, b, alpha)
-    mix = (math.sin((1 - alpha) * omega) * a + math.sin(alpha * omega) * b) / math.sin(omega)
-    return mix / np.linalg.norm(mix)
 
 
 def fibonacci_sphere(n: int) -> np.ndarray:
@@ -131,7 +108,7 @@ def equivariance_score(trajectory, shuffles: int = 20, seed: int = 0) -> dict:
         p = s[rng.permutation(len(s))]
         shuffled.append(_procrustes_residual(p[:-1], p[1:]))
     shuffled = np.array([v for v in shuffled if math.isfinite(v)] or [float("nan")])
-    cosines = np.clip(np.sum(_unit(s[:-1]) * _unit(s[1:]), axis=1), -1, 1)
+    cosines = np.clip(np.sum(unit(s[:-1]) * unit(s[1:]), axis=1), -1, 1)
     step_deg = float(np.degrees(np.arccos(cosines)).mean())
     score.update(shuffled=float(shuffled.mean()), shuffled_std=float(shuffled.std()), step_deg=step_deg)
     if step_deg >= STILL_DEG:
@@ -357,14 +334,14 @@ def interpolate(args) -> dict:
         if not pairs:
             continue
         family_numbers, rows = interpolation(policy, family, pairs, args), []
-        unit = envs.FAMILIES[family].error_unit
+        error_unit = envs.FAMILIES[family].error_unit
         for name, pair in family_numbers.items():
             predicted = pair["linear_prediction"]
             for method in ("nlerp", "slerp"):
                 for mode in ("deterministic", "stochastic"):
                     stats = pair[f"{method}_{mode}"]
                     say(f"interpolate {family} {name} {method} {mode}: alpha 0.5 gives "
-                        f"{stats['alpha_0.5']:.2f} {unit} (line {np.interp(0.5, pair['alphas'], predicted):.2f}), R^2 "
+                        f"{stats['alpha_0.5']:.2f} {error_unit} (line {np.interp(0.5, pair['alphas'], predicted):.2f}), R^2 "
                         f"{stats['r2_targets']:.2f} vs targets, {stats['r2_endpoints']:.2f} vs endpoints, "
                         f"{'monotonic' if stats['monotonic'] else 'not monotonic'}")
                     rows += [{"env": family, "pair": name, "method": method, "actions": mode, "alpha": round(a, 4),
@@ -1188,11 +1165,11 @@ def curve_stats(log: dict) -> dict:
 
 def draw_curves(family: str, logs: dict, path: str) -> None:
     """Mean return and mean error against env steps and wall-clock, one line per log."""
-    unit = envs.FAMILIES[family].error_unit
+    error_unit = envs.FAMILIES[family].error_unit
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for name, log in logs.items():
         for row, (column, label) in enumerate((("mean_return", "mean return over training tasks"),
-                                               ("mean_error", f"mean error ({unit})"))):
+                                               ("mean_error", f"mean error ({error_unit})"))):
             axes[row, 0].plot(log["env_steps"] / 1e6, log[column], label=name)
             axes[row, 1].plot(log["wall_clock_s"] / 60.0, log[column], label=name)
             axes[row, 0].set(xlabel="environment steps (millions, all tasks)", ylabel=label)
@@ -1300,10 +1277,10 @@ def render(args) -> dict:
     if film["frames"] is None:
         say(f"render: no usable OpenGL backend ({film['backend']}); skipping the filmstrip and GIF")
         return {"skipped": film["backend"]}
-    names, achieved, unit = film["names"], film["achieved"], envs.FAMILIES[family].error_unit
-    numbers = {"backend": film["backend"], "unit": unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
+    names, achieved, error_unit = film["names"], film["achieved"], envs.FAMILIES[family].error_unit
+    numbers = {"backend": film["backend"], "unit": error_unit, "embeddings": {n: float(v) for n, v in zip(names, achieved)}}
     draw_filmstrip(family, film, os.path.join(args.out, f"render_{family}.png"))
-    say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {unit}, {names[1]} {achieved[1]:.2f} {unit}; "
+    say(f"render {family}: {names[0]} gives {achieved[0]:.2f} {error_unit}, {names[1]} {achieved[1]:.2f} {error_unit}; "
         f"filmstrip via MUJOCO_GL={film['backend']}")
     if args.gif and len(film["gif_steps"]):
         try:

@@ -88,6 +88,35 @@ def tanh_gaussian(out: torch.Tensor, deterministic: bool):
     return action, log_prob
 
 
+# Points of the LTE sphere S^2 (Sec. 3.2): every LTE is a unit vector, and the paper's
+# interpolation and composition (Sec. 5.2) move along the sphere between two of them.
+
+
+def unit(v) -> np.ndarray:
+    """v (or each row of v) scaled to unit length, in float64."""
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def nlerp(a, b, alpha: float) -> np.ndarray:
+    """normalize((1 - alpha) a + alpha b): a at alpha = 0, b at alpha = 1."""
+    mix = (1.0 - alpha) * unit(a) + alpha * unit(b)
+    norm = np.linalg.norm(mix)
+    if norm < 1e-9:
+        raise ValueError("nlerp of opposite vectors at their midpoint has no direction")
+    return mix / norm
+
+
+def slerp(a, b, alpha: float) -> np.ndarray:
+    """Great-circle interpolation at constant angular speed: a at alpha = 0, b at alpha = 1."""
+    a, b = unit(a), unit(b)
+    omega = math.acos(float(np.clip(a @ b, -1.0, 1.0)))
+    if math.sin(omega) < 1e-6:  # (nearly) equal vectors: the chord is the arc
+        return nlerp(a, b, alpha)
+    mix = (math.sin((1 - alpha) * omega) * a + math.sin(alpha * omega) * b) / math.sin(omega)
+    return mix / np.linalg.norm(mix)
+
+
 class Policy(nn.Module):
     """EAR actor (state encoder + task encoder + action decoder), or the plain
     multi-task baseline when `baseline` is set."""

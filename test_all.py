@@ -1692,15 +1692,15 @@ def test_nlerp_and_slerp_stay_on_the_sphere_and_meet_the_endpoints():
     rng = np.random.default_rng(0)
     for _ in range(20):
         a, b = analyze.fibonacci_sphere(50)[rng.integers(50, size=2)]
-        for fn in (analyze.nlerp, analyze.slerp):
+        for fn in (policy_module.nlerp, policy_module.slerp):
             assert np.allclose(fn(a, b, 0.0), a) and np.allclose(fn(a, b, 1.0), b)
             for alpha in np.linspace(0, 1, 7):
                 assert abs(np.linalg.norm(fn(a, b, alpha)) - 1) < 1e-9
     a, b = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
-    angles = [np.degrees(np.arccos(analyze.slerp(a, b, t) @ a)) for t in (0.25, 0.5, 0.75)]
+    angles = [np.degrees(np.arccos(policy_module.slerp(a, b, t) @ a)) for t in (0.25, 0.5, 0.75)]
     assert np.allclose(angles, [22.5, 45, 67.5])  # slerp: constant angular speed
-    assert np.allclose(analyze.nlerp(a, b, 0.5), analyze.slerp(a, b, 0.5))
-    assert np.allclose(analyze.slerp(a, a, 0.3), a)
+    assert np.allclose(policy_module.nlerp(a, b, 0.5), policy_module.slerp(a, b, 0.5))
+    assert np.allclose(policy_module.slerp(a, a, 0.3), a)
 
 
 def test_fibonacci_sphere_is_unit_and_even():
@@ -1716,16 +1716,16 @@ def test_equivariance_measure_on_rotation_and_noise():
     skew = rng.standard_normal((16, 16)) * 0.15
     eigenvalues, vectors = np.linalg.eig(skew - skew.T)
     rotation = (vectors @ np.diag(np.exp(eigenvalues)) @ np.linalg.inv(vectors)).real  # exp of a skew matrix
-    orbit = [analyze._unit(rng.standard_normal(16))]
+    orbit = [policy_module.unit(rng.standard_normal(16))]
     for _ in range(149):
         orbit.append(rotation @ orbit[-1])
     ideal = analyze.equivariance_score(np.array(orbit))
     assert ideal["residual"] < 1e-6 and ideal["shuffled"] > 0.5 and ideal["steps"] == 150
-    noise = analyze.equivariance_score(analyze._unit(rng.standard_normal((150, 16))))
+    noise = analyze.equivariance_score(policy_module.unit(rng.standard_normal((150, 16))))
     assert noise["residual"] > 0.5 and abs(noise["residual"] - noise["shuffled"]) < 0.15
     noisy_circle = np.zeros((150, 16))
     noisy_circle[:, 0], noisy_circle[:, 1] = np.cos(0.4 * np.arange(150)), np.sin(0.4 * np.arange(150))
-    noisy = analyze.equivariance_score(analyze._unit(noisy_circle + 0.05 * rng.standard_normal((150, 16))))
+    noisy = analyze.equivariance_score(policy_module.unit(noisy_circle + 0.05 * rng.standard_normal((150, 16))))
     assert ideal["residual"] < noisy["residual"] < noise["residual"]
     with_nan = np.array(orbit)
     with_nan[100:] = np.nan  # an episode that ended early
