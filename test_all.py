@@ -1566,6 +1566,21 @@ def test_sac_baselines_run_within_their_step_budget(method):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # worked on a copy
 
 
+def test_finetune_curve_measures_the_snapshot_it_would_return():
+    """measure_at: before the first evaluation that beats the start, the fine-tune
+    would return the pretrained network at the bracket start, so its first curve
+    point measures exactly what a 1-episode bracket search (the start itself) does;
+    every point lands at its episode count."""
+    net = lte_sensitive_policy()
+    start = adapt.adapt(net, 4.5, "bracket", budget_episodes=1, eval_episodes=2, seed=3)
+    tuned = adapt.adapt(net, 4.5, "finetune", budget_steps=600, warmup_steps=250, eval_every=300, eval_episodes=2,
+                        seed=3, measure_at=(1, 3))
+    points = [c for c in tuned["curve"] if "error" in c]
+    assert [c["episodes"] for c in points] == [1, 3] and [c["env_steps"] for c in points] == [200, 600]
+    assert np.isclose(points[0]["error"], start["error"], atol=1e-5)
+    assert np.isclose(points[0]["return_measured"], start["return"], rtol=1e-5)
+
+
 def test_sac_baselines_resolve_precision_and_threads_for_this_machine(monkeypatch):
     """A checkpoint records the machine it trained on; adaptation's SAC learners
     resolve precision, threads and device here instead of inheriting them."""
