@@ -812,8 +812,7 @@ def plot_release(result: dict, path: str) -> None:
     save_figure(fig, path)
 
 
-def main(argv=None) -> None:
-    torch.set_num_threads(1)  # rollouts of at most a few dozen simulations: one thread is fastest
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="adapt.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", help="new task: velocity in m/s (4.5), Ant direction in degrees (77), "
                                        "halfcheetah-runjump kind:value (run:3.5, jump:5)")
@@ -843,6 +842,12 @@ def main(argv=None) -> None:
     parser.add_argument("--pearl-checkpoint", default=None,
                         help="--benchmark release: the PEARL checkpoint, unset: <env>-pearl.pt beside --checkpoint")
     parser.add_argument("--quick", action="store_true", help="tiny budgets for every method (a smoke test)")
+    return parser
+
+
+def main(argv=None) -> None:
+    torch.set_num_threads(1)  # rollouts of at most a few dozen simulations: one thread is fastest
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("budget", "rounds", "eval_episodes"):
         value = getattr(args, name)
@@ -872,41 +877,7 @@ def main(argv=None) -> None:
                      f"(and PEARL's as --pearl-checkpoint)")
 
     if args.benchmark == "release":
-        if policy.baseline:
-            parser.error(f"{path} is the one-hot baseline; --benchmark release takes the EAR checkpoint as "
-                         f"--checkpoint (and OHE's as --baseline-checkpoint)")
-        checkpoints = {"ear": path}
-        stem = os.path.splitext(path)[0]
-        for kind, given, suffix in (("ohe", args.baseline_checkpoint, "-baseline.pt"),
-                                    ("pearl", args.pearl_checkpoint, "-pearl.pt")):
-            if given or os.path.exists(stem + suffix):
-                checkpoints[kind] = given or stem + suffix
-            else:
-                print(f"adapt.py: no {stem + suffix}; the comparison runs without {kind.upper()} "
-                      f"(pass --{'baseline' if kind == 'ohe' else 'pearl'}-checkpoint)", file=sys.stderr)
-        flags = {"ear": "--checkpoint", "ohe": "--baseline-checkpoint", "pearl": "--pearl-checkpoint"}
-        nets = {}
-        try:
-            for kind, other in checkpoints.items():
-                found = nets[kind] = policy if kind == "ear" else load_any(other, env_name=policy.env_name)
-                if (kind == "pearl") != isinstance(found, pearl.PearlAgent) or (kind == "ohe") != bool(found.baseline):
-                    parser.error(f"{other} is not the {kind.upper()} checkpoint {flags[kind]} takes; pass another")
-        except CheckpointError as error:
-            parser.error(str(error))
-        out = args.out or os.path.join("results", f"adapt_release_{policy.env_name}.json")
-        try:
-            budgets = QUICK_EPISODES if args.quick else CURVE_EPISODES
-            result = release_benchmark(checkpoints, args.seeds, budgets, eval_episodes=args.eval_episodes,
-                                       quick=args.quick, out=out, nets=nets)
-            print_release_summary(result)
-            write_json(result, out)
-            png = args.plot or os.path.splitext(out)[0] + ".png"
-            plot_release(result, png)
-            table = os.path.splitext(out)[0] + ".md"
-            atomic_write_text(release_markdown(result), table)
-        except OSError as error:
-            parser.error(f"cannot write {error.filename} ({error.strerror}); pass a writable --out or --plot path")
-        print(f"wrote {out}\nwrote {png}\nwrote {table}")
+        run_release_benchmark(parser, args, policy, path)
         return
     if args.benchmark:
         _note_machine(policy, path)
@@ -934,6 +905,46 @@ def main(argv=None) -> None:
         print(describe(report))
     data = reports[0] if len(reports) == 1 else {"env": policy.env_name, "task": reports[0]["task"], "results": reports}
     _write_outputs(parser, data, reports, args.out, args.plot)
+
+
+def run_release_benchmark(parser, args, policy, path: str) -> None:
+    """--benchmark release: EAR (`policy`, from `path`) with the OHE and PEARL checkpoints
+    beside it (or given), then the table, the figure and the JSON."""
+    if policy.baseline:
+        parser.error(f"{path} is the one-hot baseline; --benchmark release takes the EAR checkpoint as "
+                     f"--checkpoint (and OHE's as --baseline-checkpoint)")
+    checkpoints = {"ear": path}
+    stem = os.path.splitext(path)[0]
+    for kind, given, suffix in (("ohe", args.baseline_checkpoint, "-baseline.pt"),
+                                ("pearl", args.pearl_checkpoint, "-pearl.pt")):
+        if given or os.path.exists(stem + suffix):
+            checkpoints[kind] = given or stem + suffix
+        else:
+            print(f"adapt.py: no {stem + suffix}; the comparison runs without {kind.upper()} "
+                  f"(pass --{'baseline' if kind == 'ohe' else 'pearl'}-checkpoint)", file=sys.stderr)
+    flags = {"ear": "--checkpoint", "ohe": "--baseline-checkpoint", "pearl": "--pearl-checkpoint"}
+    nets = {}
+    try:
+        for kind, other in checkpoints.items():
+            found = nets[kind] = policy if kind == "ear" else load_any(other, env_name=policy.env_name)
+            if (kind == "pearl") != isinstance(found, pearl.PearlAgent) or (kind == "ohe") != bool(found.baseline):
+                parser.error(f"{other} is not the {kind.upper()} checkpoint {flags[kind]} takes; pass another")
+    except CheckpointError as error:
+        parser.error(str(error))
+    out = args.out or os.path.join("results", f"adapt_release_{policy.env_name}.json")
+    try:
+        budgets = QUICK_EPISODES if args.quick else CURVE_EPISODES
+        result = release_benchmark(checkpoints, args.seeds, budgets, eval_episodes=args.eval_episodes,
+                                   quick=args.quick, out=out, nets=nets)
+        print_release_summary(result)
+        write_json(result, out)
+        png = args.plot or os.path.splitext(out)[0] + ".png"
+        plot_release(result, png)
+        table = os.path.splitext(out)[0] + ".md"
+        atomic_write_text(release_markdown(result), table)
+    except OSError as error:
+        parser.error(f"cannot write {error.filename} ({error.strerror}); pass a writable --out or --plot path")
+    print(f"wrote {out}\nwrote {png}\nwrote {table}")
 
 
 def _note_machine(policy, path) -> None:
