@@ -1594,7 +1594,7 @@ def test_sac_baselines_resolve_precision_and_threads_for_this_machine(monkeypatc
             super().__init__(cfg, *args, **kwargs)
             built.append(self.cfg)
 
-    monkeypatch.setattr(train, "Trainer", RecordingTrainer)
+    monkeypatch.setattr(adapt, "Trainer", RecordingTrainer)
     adapt.adapt(net, 4.5, "finetune", budget_steps=60, warmup_steps=50, eval_every=60, eval_episodes=1)
     (cfg,) = built
     assert (cfg.precision, cfg.threads, cfg.device) == (resolve_precision("auto", "cpu"), sac_module.usable_cores(), "cpu")
