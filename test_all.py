@@ -485,7 +485,7 @@ def test_temperature_moves_towards_target_entropy():
     batch = random_batch()
     _, log_prob = sac.policy(batch["obs"], batch["task"])
     entropy = float(-log_prob.detach().mean())
-    before = float(sac.log_alpha)
+    before = float(sac.log_alpha.detach())
     sac.update(batch)
     after = float(sac.log_alpha)
     # entropy above target -> alpha falls; below -> alpha rises
