@@ -487,7 +487,7 @@ def test_temperature_moves_towards_target_entropy():
     entropy = float(-log_prob.detach().mean())
     before = float(sac.log_alpha.detach())
     sac.update(batch)
-    after = float(sac.log_alpha)
+    after = float(sac.log_alpha.detach())
     # entropy above target -> alpha falls; below -> alpha rises
     assert (after < before) if entropy > sac.target_entropy else (after > before)
 
