@@ -1,4 +1,4 @@
-"""The test suite: `python -m pytest -q test_all.py` (about 3 minutes on 2 cores).
+"""The test suite: `python -m pytest -q test_all.py` (about 2.5 minutes on 2 cores).
 
 One section per file, in the order of the data path: environments (envs.py),
 networks and the SAC update (policy.py, sac.py), the training loop and its files
