@@ -366,11 +366,12 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     replay. Returns (network, its LTE input, cost dict). `measure(net, lte)` (not
     charged) runs when the episode count reaches each of `measure_at`, on the network
     the method would return if stopped there (its best snapshot so far, else the
-    start); its reports join the curve."""
+    start) and its task input; its reports join the curve."""
     cfg = _base_config(policy, baseline=method == "scratch" or policy.baseline, seed=seed, batch_per_task=SAC_BATCH,
                        replay_per_task=max(budget_steps, 1))
     torch.manual_seed(seed)
     net, critic = build_networks(policy.obs_dim, policy.act_dim, 1, asdict(cfg))
+    net.env_name = policy.env_name
     if method == "finetune" and policy.baseline:
         # OHE: the whole pretrained network on a one-task input; the first layer's task
         # columns applied to the start input u become the one column, so at step 0 it
@@ -396,7 +397,7 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
     eval_input = lambda: (np.zeros(SAC_EVAL_EPISODES, dtype=np.int64) if net.baseline
                           else np.repeat(net.task_embeddings, SAC_EVAL_EPISODES, axis=0))
     best_return, best_state, curve = -math.inf, None, []
-    measured, start_state = set(), copy.deepcopy(net.state_dict())
+    pending, start_state = set(measure_at) if measure is not None else set(), copy.deepcopy(net.state_dict())
     for step in range(1, budget_steps + 1):
         trainer.collect(1)
         if step > warmup_steps:
@@ -406,12 +407,12 @@ def train_sac(policy, task, method, budget_steps, seed, prior, warmup_steps=SAC_
             if score > best_return:
                 best_return, best_state = score, copy.deepcopy(net.state_dict())
             curve.append({"episodes": trainer.episodes_finished + 1, "env_steps": step, "best_return": best_return})
-        if measure is not None and trainer.episodes_finished in set(measure_at) - measured:
-            measured.add(trainer.episodes_finished)
+        if trainer.episodes_finished in pending:
+            pending.discard(trainer.episodes_finished)
             now = copy.deepcopy(net.state_dict())
             net.load_state_dict(best_state or start_state)
             curve.append({"episodes": trainer.episodes_finished, "env_steps": step, "best_return": best_return,
-                          **measure(net, None if net.baseline else net.task_embeddings[0])})
+                          **measure(net, 0 if net.baseline else net.task_embeddings[0])})
             net.load_state_dict(now)
     episodes = trainer.episodes_finished + (0 if trainer.env.episode_step[0] == 0 else 1)
     if best_state is not None:
@@ -473,11 +474,14 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         prior = "none"  # it infers the task from rewards: it never reads the task's value
     search_prior = where if prior == "task" else reward_only_prior(policy)
     rng = np.random.default_rng(seed)
+
+    def at_curve_point(net, net_input):  # the measurement along a run, not charged
+        found = measure(net, task, net_input, eval_episodes, FINAL_SEED + seed)
+        return {"error": found["error"], "return_measured": found["return"]}
+
     if method == "pearl":
-        def at_curve_point(z):
-            found = measure(policy, task, z, eval_episodes, FINAL_SEED + seed)
-            return {"error": found["error"], "return_measured": found["return"]}
-        found = pearl.adapt_episodes(policy, task, budget, seed, measure_at or CURVE_EPISODES, at_curve_point)
+        found = pearl.adapt_episodes(policy, task, budget, seed, measure_at or CURVE_EPISODES,
+                                     lambda z: at_curve_point(policy, z))
         net, lte = policy, found["z"]
         net_input = lte
         cost = {k: found[k] for k in ("episodes", "env_steps", "curve")}
@@ -492,13 +496,8 @@ def adapt(policy, task, method: str = "bracket", budget_episodes: int | None = N
         cost = {"episodes": tally.episodes, "env_steps": tally.env_steps, "curve": tally.curve}
     else:
         steps = budget_steps if budget_steps is not None else budget * envs.MAX_STEPS
-        def at_curve_point(net, lte):
-            net.env_name = policy.env_name
-            found = measure(net, task, 0 if lte is None else lte, eval_episodes, FINAL_SEED + seed)
-            return {"error": found["error"], "return_measured": found["return"]}
         net, lte, cost = train_sac(policy, task, method, int(steps), seed, search_prior, warmup_steps, eval_every,
-                                   measure_at, at_curve_point if measure_at else None)
-        net.env_name = policy.env_name
+                                   measure_at, at_curve_point)
         net_input = 0 if lte is None else lte
     report = {"env": policy.env_name, "task": list(task) if isinstance(task, tuple) else task, "method": method,
               "prior": prior, "seed": seed, "extrapolates": where["extrapolates"], **cost,

@@ -503,7 +503,7 @@ def _compose_one(args, path: str, family: str, suffix: str) -> dict:
         say(f"compose sweep {name}: the LTEs are {pair['angle_deg']:.0f} deg apart; the nlerp path passes "
             f"{' -> '.join(dict.fromkeys(pair['path_nearest_task']))} and strays up to "
             f"{pair['path_farthest_from_training_deg']:.0f} deg from every training LTE")
-    draw_mixing_sweep(title, sweep, args, trace["settled"], os.path.join(args.out, f"{stem}_sweep.png"))
+    draw_mixing_sweep(title, sweep["alphas"], pairs, args, trace["settled"], os.path.join(args.out, f"{stem}_sweep.png"))
     write_csv(os.path.join(args.out, f"{stem}_sweep.csv"),
               [{"pair": name, "method": method, "alpha": round(a, 4),
                 **{k: round(pair[method][k][i], 4) for k in SWEEP_MEASURES}, "episodes": args.episodes}
@@ -559,16 +559,15 @@ def mixing_sweep(policy, family: str, run: int, others: list, args, settled: int
     return numbers
 
 
-def draw_mixing_sweep(title: str, sweep: dict, args, settled: int, path: str) -> None:
+def draw_mixing_sweep(title: str, alphas: list, pairs: dict, args, settled: int, path: str) -> None:
     panels = {"velocity": "forward velocity (m/s)", "height_mean": "mean root height (m)",
               "airborne_fraction": f"airborne fraction (z > {args.airborne_height:g} m)",
               "pitch_mean_deg": "mean torso pitch (deg, nose up)"}
     fig, axes = plt.subplots(1, len(panels), figsize=(18, 3.9))
-    pairs = {name: pair for name, pair in sweep.items() if isinstance(pair, dict)}
     for p, (name, pair) in enumerate(pairs.items()):
         for method, style in (("nlerp", "-"), ("slerp", "--")):
             for ax, (key, panel) in zip(axes, panels.items()):
-                ax.plot(sweep["alphas"], pair[method][key], style, marker="o", ms=3, color=f"C{p}", label=f"{name}, {method}")
+                ax.plot(alphas, pair[method][key], style, marker="o", ms=3, color=f"C{p}", label=f"{name}, {method}")
                 ax.set(xlabel=f"mixing weight α (0: {name.split(' + ')[0]})", title=panel)
     first = next(iter(pairs.values()))
     axes[0].axhline(0.5 * first["nlerp"]["velocity"][0], color="gray", ls=":", lw=0.8, label="half the run task's velocity")
