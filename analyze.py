@@ -184,8 +184,10 @@ def simulate(policy, family: str, ltes, args, deterministic=True, record=False):
     """One episode of every embedding in `ltes`, in parallel simulations of one env."""
     env = envs.make(family, tasks=[policy.tasks[0]] * len(ltes), seed=args.seed)
     env.max_steps = args.steps
-    result = policy_lib.rollout(policy, env, np.asarray(ltes, dtype=np.float32), episodes=1,
-                                deterministic=deterministic, record=record, seed=args.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)  # stochastic actions from --seed alone, whatever ran before in this process
+        result = policy_lib.rollout(policy, env, np.asarray(ltes, dtype=np.float32), episodes=1,
+                                    deterministic=deterministic, record=record, seed=args.seed)
     return result, env
 
 
@@ -1461,7 +1463,6 @@ def main(argv=None) -> None:
         parser.error(f"--checkpoints {args.checkpoints} is not a folder; train first (`python train.py`) or pass --checkpoints DIR")
     if not envs.writable_folder(args.out):
         parser.error(f"cannot write to --out {args.out}; pass a writable folder")
-    torch.manual_seed(args.seed)
     names = SUBCOMMANDS if args.command == "all" else (args.command,)
     from tqdm import tqdm
     started = time.perf_counter()

@@ -1777,6 +1777,18 @@ def test_interpolate_numbers_follow_the_alpha_convention(analyze_all, analyze_ch
     assert "5->6" in json.loads((tmp_path / "summary.json").read_text())["interpolate"]["halfcheetah-vel"]
 
 
+def test_an_analysis_gives_the_same_numbers_alone_as_within_all(analyze_all, analyze_checkpoints, tmp_path):
+    """Each simulation draws its stochastic actions from --seed alone, so what ran
+    before an analysis (within `all`, or earlier in the same process) does not change
+    its numbers."""
+    out, _ = analyze_all
+    result = run_script("analyze.py", "interpolate", "--checkpoints", str(analyze_checkpoints), "--out", str(tmp_path),
+                        *tiny_budget("interpolate"))
+    assert result.returncode == 0, result.stderr
+    alone = json.loads((tmp_path / "summary.json").read_text())["interpolate"]
+    assert alone == json.loads((out / "summary.json").read_text())["interpolate"]
+
+
 def test_compose_and_sphere_numbers(analyze_all):
     out, stdout = analyze_all
     summary = json.loads((out / "summary.json").read_text())
