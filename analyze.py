@@ -184,10 +184,8 @@ def simulate(policy, family: str, ltes, args, deterministic=True, record=False):
     """One episode of every embedding in `ltes`, in parallel simulations of one env."""
     env = envs.make(family, tasks=[policy.tasks[0]] * len(ltes), seed=args.seed)
     env.max_steps = args.steps
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)  # stochastic actions from --seed alone, whatever ran before in this process
-        result = policy_lib.rollout(policy, env, np.asarray(ltes, dtype=np.float32), episodes=1,
-                                    deterministic=deterministic, record=record, seed=args.seed)
+    result = policy_lib.rollout(policy, env, np.asarray(ltes, dtype=np.float32), episodes=1,
+                                deterministic=deterministic, record=record, seed=args.seed)
     return result, env
 
 
@@ -259,7 +257,7 @@ def interpolation(policy, family: str, pairs: list, args) -> dict:
     """The numbers of interpolate for one checkpoint (no files): per pair "a->b" and per
     "method_actions", the behaviour at every alpha (mean and std over --episodes), the
     linear prediction, R^2 against targets and endpoints, monotonicity."""
-    fam = envs.FAMILIES[family]
+    spec = envs.FAMILIES[family]
     E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
     methods = {"nlerp": nlerp, "slerp": slerp}
     ltes = np.array([fn(E[ia], E[ib], a) for ia, ib in pairs for fn in methods.values() for a in alphas])
@@ -272,27 +270,27 @@ def interpolation(policy, family: str, pairs: list, args) -> dict:
     for p, (ia, ib) in enumerate(pairs):
         ta, tb = policy.tasks[ia], policy.tasks[ib]
         va, vb = target_of(family, ta), target_of(family, tb)
-        span = float(fam.difference(vb, va))
+        span = float(spec.difference(vb, va))
         predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
         pair = {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb), "alphas": alphas.tolist(),
                 "linear_prediction": predicted.tolist()}
         for m, method in enumerate(methods):
             for mode in ("deterministic", "stochastic"):
-                v = predicted[:, None] + fam.difference(values[mode][p, m], predicted[:, None])  # headings unwrapped
+                v = predicted[:, None] + spec.difference(values[mode][p, m], predicted[:, None])  # headings unwrapped
                 mean, std = v.mean(axis=1), v.std(axis=1)
                 ends = mean[0] + alphas * (mean[-1] - mean[0])
                 steps = np.diff(mean) * np.sign(span if span else 1.0)
                 pair[f"{method}_{mode}"] = {
                     "alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(), "std": std.tolist(),
                     "r2_targets": r_squared(mean, predicted), "r2_endpoints": r_squared(mean, ends),
-                    "monotonic": bool(np.all(steps > -fam.behaviour_tolerance)),
+                    "monotonic": bool(np.all(steps > -spec.behaviour_tolerance)),
                     "fraction_steps_forward": float(np.mean(steps > 0))}
         numbers[f"{envs.task_label(ta)}->{envs.task_label(tb)}"] = pair
     return numbers
 
 
 def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> None:
-    fam = envs.FAMILIES[family]
+    spec = envs.FAMILIES[family]
     fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
     for ax, (name, pair) in zip(axes[0], numbers.items()):
         alphas, predicted = np.array(pair["alphas"]), np.array(pair["linear_prediction"])
@@ -305,8 +303,8 @@ def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> 
                         label=f"{method}, {mode} actions")
                 ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
         ax.plot([0, 1], [predicted[0], predicted[-1]], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
-        ax.set(title=f"{fam.title}: {pair['alpha0_task']} (α=0) → {pair['alpha1_task']} (α=1)",
-               xlabel="interpolation weight α", ylabel=fam.behaviour_label)
+        ax.set(title=f"{spec.title}: {pair['alpha0_task']} (α=0) → {pair['alpha1_task']} (α=1)",
+               xlabel="interpolation weight α", ylabel=spec.behaviour_label)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Zero-shot LTE interpolation, mean ± std over {episodes} episodes", fontsize=10)
@@ -627,9 +625,9 @@ def behaviour_map(policy, family: str, directions: np.ndarray, args) -> tuple[di
     nearest = np.argmax(directions @ directions.T - 2 * np.eye(len(directions)), axis=1)
     partner = np.random.default_rng(args.seed).permutation(len(directions))
     result, env = simulate(policy, family, directions, args)
-    fam, E = env.family, policy.task_embeddings
+    spec, E = env.family, policy.task_embeddings
     b = env.behaviour(result)
-    diff = lambda x, y: np.abs(fam.difference(x, y))
+    diff = lambda x, y: np.abs(spec.difference(x, y))
     spread = np.mean(diff(b, b[partner]))
     stats = {"directions": len(directions),
              "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
@@ -637,19 +635,19 @@ def behaviour_map(policy, family: str, directions: np.ndarray, args) -> tuple[di
     angles = np.degrees(np.arccos(np.clip(E @ E.T, -1, 1))) + 1e3 * np.eye(len(E))
     stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
     stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
-    if fam.kinds[0] == "run":  # a velocity per direction
+    if spec.kinds[0] == "run":  # a velocity per direction
         targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
         inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
         stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
         panels = [(b, "forward velocity (m/s)", "viridis")]
-        if fam.multi_modal:  # jump (and stand) tasks: how high each direction goes
+        if spec.multi_modal:  # jump (and stand) tasks: how high each direction goes
             panels.append((result["height_mean"], "mean root height (m)", "magma"))
     else:  # a heading per direction
         speed = np.linalg.norm(result["velocity"], axis=1)
         sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
         stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
         panels = [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
-    columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2], fam.behaviour_column: b,
+    columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2], spec.behaviour_column: b,
                "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
     return stats, columns, panels
 
@@ -903,8 +901,7 @@ def ablation_row(folder: str, family: str, args) -> dict:
     """One run's setting, budget, training error and interpolation R^2 (nlerp,
     deterministic, against the targets) for ABLATION_PAIRS."""
     policy = _load(os.path.join(folder, f"{family}.pt"), family)
-    metrics = _fresh_evaluation(policy, args)
-    curves_of_pairs = interpolation(policy, family, interpolation_pairs(policy, family, ABLATION_PAIRS, []), args)
+    measures = run_measures(policy, args, ABLATION_PAIRS)
     cfg = policy.config
     budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
     summary_path = os.path.join(folder, f"{family}.json")
@@ -912,10 +909,26 @@ def ablation_row(folder: str, family: str, args) -> dict:
         with open(summary_path) as handle:
             budget = json.load(handle).get("updates", budget)
     row = {"run": os.path.basename(folder), "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
-           "updates": budget, "best_updates": policy.progress.get("updates"), "error": round(metrics["mean_error"], 4)}
+           "updates": budget, "best_updates": policy.progress.get("updates"), "error": round(measures["error"], 4)}
     for a, b in ABLATION_PAIRS:
-        row[f"r2_{a}to{b}"] = curves_of_pairs[f"{a}->{b}"]["nlerp_deterministic"]["r2_targets"]
+        row[f"r2_{a}to{b}"] = measures[f"r2 {a}->{b}"]
     return row
+
+
+def run_measures(policy, args, pairs=None) -> dict:
+    """A checkpoint's claims measured afresh (no files): the family's error measure
+    on --episodes deterministic episodes per training task from fresh resets (as
+    `evaluate`: "error", "worst_error", "fell") and, for an EAR policy, the
+    interpolation R^2 against the targets (nlerp, deterministic actions, as
+    `interpolate`: "r2 A->B") of `pairs` (default: the family's own pairs)."""
+    family = policy.env_name
+    measure = _family_measure(family, _fresh_evaluation(policy, args))
+    numbers = {k: measure[k] for k in ("error", "worst_error", "fell")}
+    if not policy.baseline:
+        pairs = interpolation_pairs(policy, family, pairs or envs.FAMILIES[family].pairs, [])
+        for name, pair in interpolation(policy, family, pairs, args).items():
+            numbers[f"r2 {name}"] = pair["nlerp_deterministic"]["r2_targets"]
+    return numbers
 
 
 def ablation_settings(rows: list, seed: int) -> dict:
@@ -937,18 +950,24 @@ def ablation_settings(rows: list, seed: int) -> dict:
 
 
 def draw_ablation(numbers: dict, path: str) -> None:
-    """Per column, a bar per setting (mean over seeds) with its seeds as dots."""
-    fig, axes = plt.subplots(1, len(ABLATION_COLUMNS), figsize=(4.2 * len(ABLATION_COLUMNS), 3.8))
-    settings = numbers["settings"]
-    for ax, (column, title) in zip(axes, ABLATION_COLUMNS.items()):
-        for s, stats in enumerate(settings.values()):
-            ax.bar(s, stats[column]["mean"], color=f"C{s}", alpha=0.5)
-            ax.plot([s] * len(stats[column]["values"]), stats[column]["values"], "ko", ms=4)
-        ax.set_xticks(range(len(settings)), [label.replace(", ", "\n") for label in settings])
-        ax.set_title(title)
+    draw_over_seeds(numbers["settings"], ABLATION_COLUMNS, f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = "
+                    f"seeds ({numbers['runs'][0]['updates']} updates each)", path)
+
+
+def draw_over_seeds(groups: dict, columns: dict, title: str, path: str) -> None:
+    """Per column (a panel titled by `columns`), a bar per group (mean over its seeds)
+    with its seeds as dots; groups[label][column] holds "values"."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    for ax, (column, panel) in zip(axes[0], columns.items()):
+        for g, stats in enumerate(groups.values()):
+            values = np.array([np.nan if v is None else v for v in stats[column]["values"]], dtype=float)
+            if np.isfinite(values).any():
+                ax.bar(g, np.nanmean(values), color=f"C{g}", alpha=0.5)
+                ax.plot([g] * len(values), values, "ko", ms=4)
+        ax.set_xticks(range(len(groups)), [label.replace(", ", "\n") for label in groups])
+        ax.set_title(panel)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = seeds ({numbers['runs'][0]['updates']} "
-                 f"updates each)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
 
@@ -959,6 +978,12 @@ def draw_ablation(numbers: dict, path: str) -> None:
 RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seeds and machines, not configurations
 SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
                 "final_return": "final mean return", "best_return": "best mean return"}
+MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
+
+
+def measure_title(key: str) -> str:
+    """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4"."""
+    return MEASURE_TITLES.get(key) or key.replace("r2 ", "interpolation R² ", 1)
 
 
 def seed_statistics(values, reps: int = 2000, seed: int = 0, iqm: bool = True) -> dict:
@@ -1030,12 +1055,23 @@ def seeds(args) -> dict:
     mean error and mean return as mean and interquartile mean over its seeds, each
     with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
     per-seed values and, with --reach, the wall-clock to each error level ("final":
-    the mean of each run's last --last evaluations, default 1). Writes
-    seeds.md, seeds.csv and seeds.png into that folder (or --out).
+    the mean of each run's last --last evaluations, default 1). With --evaluate,
+    each run's saved policy (NAME.pt) is also measured afresh, as `evaluate` and
+    `interpolate` measure the shipped ones: the family's error measure on --episodes
+    deterministic episodes per training task, falls, and for EAR the interpolation
+    R^2 against the targets (nlerp, deterministic) of the family's pairs; these get
+    the same statistics over seeds and a figure of their own, seeds_measures.png.
+    Writes seeds.md, seeds.csv and seeds.png into that folder (or --out).
     """
     runs = find_runs(args.runs)
     if not runs:
         _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {args.runs}")
+    for run in runs if args.evaluate else []:
+        path = os.path.join(args.runs, run["run"] + ".pt")
+        if os.path.isfile(path):
+            run["measures"] = run_measures(_load(path, run["config"]["env"]), args)
+        else:
+            say(f"seeds: {run['run']} has no saved policy {path}; measured from its log only")
     groups, rows = seed_groups(runs, args)
     for label, group in groups.items():
         e = group["final_error"]
@@ -1043,7 +1079,17 @@ def seeds(args) -> dict:
             f"{group['unit']} [{e['mean_low']:.3f}, {e['mean_high']:.3f}] (IQM {e['iqm']:.3f}), best "
             f"{group['best_error']['mean']:.3f}, final return {group['final_return']['mean']:.1f}; per seed "
             + ", ".join(f"{v:.3f}" for v in e["values"]))
-    draw_seeds(groups, runs, os.path.basename(os.path.abspath(args.runs)), os.path.join(args.out, "seeds.png"))
+        for key in group["measured"]:
+            m = group[key]
+            say(f"seeds {label}: {measure_title(key)} {m['mean']:.3f} [{m['mean_low']:.3f}, {m['mean_high']:.3f}]; "
+                "per seed " + ", ".join(f"{v:.3f}" for v in m["values"]))
+    title = os.path.basename(os.path.abspath(args.runs))
+    draw_seeds(groups, runs, title, os.path.join(args.out, "seeds.png"))
+    measured = list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
+    if measured:
+        draw_over_seeds({label: {key: group.get(key, {"values": []}) for key in measured} for label, group in groups.items()},
+                        {key: measure_title(key) for key in measured},
+                        f"{title}: measured afresh, bars = mean over seeds, dots = seeds", os.path.join(args.out, "seeds_measures.png"))
     write_csv(os.path.join(args.out, "seeds.csv"), rows)
     policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
                                  f"95% percentile bootstrap over seeds ({args.reps} resamples, rliable).\n\n"
@@ -1079,14 +1125,16 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                       "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
                       "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan,
                       **{f"time_to_{level:g}": time_to(log, level) for level in levels}}
-            per_run.append(values)
+            measures = {k: math.nan if v is None else float(v) for k, v in run.get("measures", {}).items()}
+            per_run.append({**values, **measures})
             rows.append({"configuration": label, "run": run["run"], "seed": run["config"]["seed"],
                          **{k: run["summary"][k] for k in ("epochs", "updates", "wall_clock_s")},
-                         **{k: round(v, 4) if math.isfinite(v) else v for k, v in values.items()}})
+                         **{k: round(v, 4) if math.isfinite(v) else v for k, v in {**values, **measures}.items()}})
         group = {"configuration": label, "config": cfg, "seeds": [r["config"]["seed"] for r in members],
-                 "runs": [r["run"] for r in members], "unit": envs.FAMILIES[cfg["env"]].error_unit}
-        for metric in SEED_METRICS:
-            group[metric] = seed_statistics([v[metric] for v in per_run], args.reps, args.seed)
+                 "runs": [r["run"] for r in members], "unit": envs.FAMILIES[cfg["env"]].error_unit,
+                 "measured": list(dict.fromkeys(k for v in per_run for k in v if k in MEASURE_TITLES or k.startswith("r2 ")))}
+        for metric in (*SEED_METRICS, *group["measured"]):
+            group[metric] = seed_statistics([v.get(metric, math.nan) for v in per_run], args.reps, args.seed)
         for level in levels:
             times = np.array([v[f"time_to_{level:g}"] for v in per_run])
             group[f"time_to_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
@@ -1100,8 +1148,10 @@ def seeds_table(groups: dict, reach) -> str:
     """The groups as Markdown: each metric's mean [95% interval], the per-seed final
     errors and the minutes to each --reach level."""
     levels = sorted(reach or [], reverse=True)
+    measured = list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
     header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
-              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels])
+              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels]
+              + [f"{measure_title(key)} (mean [95% CI]; per seed)" for key in measured])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, group in groups.items():
         cells = [label, str(len(group["runs"]))]
@@ -1114,6 +1164,10 @@ def seeds_table(groups: dict, reach) -> str:
             cells.append(f"{t['median'] / 60:.1f} ({t['min'] / 60:.1f}-{t['max'] / 60:.1f})" if t["reached"] == n
                          else ", ".join(f"{v / 60:.1f}" if math.isfinite(v) else "never" for v in t["values"])
                          + f" ({t['reached']}/{n})")
+        for key in measured:
+            m = group.get(key)
+            cells.append("" if m is None else f"{m['mean']:.3f} [{m['mean_low']:.3f}, {m['mean_high']:.3f}]; "
+                         + ", ".join(f"{v:.3f}" for v in m["values"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -1378,8 +1432,9 @@ def _at_least(kind, low=1):
 # (flags, argparse options, the subcommands that take them); "all" takes every one
 OPTIONS = [
     (("--episodes",), dict(type=_at_least(int), default=10, help="episodes per task or embedding"),
-     ("evaluate", "interpolate", "compose", "ablation")),
-    (("--alphas",), dict(type=_at_least(int, 2), default=11, help="mixing weights in [0, 1]"), ("interpolate", "compose")),
+     ("evaluate", "interpolate", "compose", "ablation", "seeds")),
+    (("--alphas",), dict(type=_at_least(int, 2), default=11, help="mixing weights in [0, 1]"),
+     ("interpolate", "compose", "ablation", "seeds")),
     (("--directions",), dict(type=_at_least(int, 4), default=400, help="lattice directions on the sphere"), ("sphere",)),
     (("--pair",), dict(nargs=2, action="append", metavar=("A", "B"), default=None,
                        help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (repeatable; default: a "
@@ -1433,6 +1488,8 @@ def build_parser() -> ArgumentParser:
             p.add_argument("--reach", type=float, nargs="+", default=None, metavar="ERROR",
                            help="also report the wall-clock to the first evaluation at or below each error level")
             p.add_argument("--reps", type=_at_least(int, 100), default=2000, help="bootstrap resamples")
+            p.add_argument("--evaluate", action="store_true", help="also measure each run's saved policy afresh "
+                           "(error, falls, interpolation R^2)%(default).0s")
             p.add_argument("--last", type=_at_least(int), default=1,
                            help="final = the mean of each run's last LAST evaluations (2-episode evaluations are noisy)")
             p.set_defaults(out=None)  # the sweep's own folder

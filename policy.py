@@ -365,56 +365,63 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     velocity_sum = np.zeros((T, 2)) if env.family.velocity_dim == 2 else np.zeros(T)
     velocity_all_sum = np.zeros_like(velocity_sum)
     recorded = None
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=None if seed is None else seed + episode)
-        alive = np.ones(T, dtype=bool)
-        ep_return, ep_len = np.zeros(T), np.zeros(T)
-        ep_vel = np.zeros_like(velocity_sum)
-        ep_vel_late, ep_len_late = np.zeros_like(velocity_sum), np.zeros(T)
-        ep_hmax = np.full(T, -np.inf)
-        ep_hsum = np.zeros(T)
-        steps = ({"obs": [], "action_steps": [], "velocity_steps": [], "height_steps": [], "reward_steps": []}
-                 if record and episode == 0 else None)
-        for step in range(env.max_steps):
-            actions = policy.act(obs, ltes, deterministic=deterministic)
+    # Stochastic actions draw from `seed` alone, whatever ran before in this process,
+    # so a seeded rollout gives the same numbers alone or after other work.
+    seeded = seed is not None and not deterministic
+    device = next(policy.parameters()).device if seeded else None
+    with torch.random.fork_rng(devices=[device] if seeded and device.type == "cuda" else [], enabled=seeded):
+        if seeded:
+            torch.manual_seed(seed)
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=None if seed is None else seed + episode)
+            alive = np.ones(T, dtype=bool)
+            ep_return, ep_len = np.zeros(T), np.zeros(T)
+            ep_vel = np.zeros_like(velocity_sum)
+            ep_vel_late, ep_len_late = np.zeros_like(velocity_sum), np.zeros(T)
+            ep_hmax = np.full(T, -np.inf)
+            ep_hsum = np.zeros(T)
+            steps = ({"obs": [], "action_steps": [], "velocity_steps": [], "height_steps": [], "reward_steps": []}
+                     if record and episode == 0 else None)
+            for step in range(env.max_steps):
+                actions = policy.act(obs, ltes, deterministic=deterministic)
+                if steps is not None:
+                    steps["obs"].append(np.where(alive[:, None], obs, np.nan))
+                    steps["action_steps"].append(np.where(alive[:, None], actions, np.nan))
+                obs, reward, terminated, truncated, info = env.step(actions)
+                a = alive.astype(np.float64)
+                ep_return += a * reward
+                ep_len += a
+                weighted_velocity = (a[:, None] if ep_vel.ndim == 2 else a) * info["velocity"]
+                ep_vel += weighted_velocity
+                if step >= SETTLE_STEPS:
+                    ep_vel_late += weighted_velocity
+                    ep_len_late += a
+                ep_hsum += a * info["height"]
+                ep_hmax = np.where(alive, np.maximum(ep_hmax, info["height"]), ep_hmax)
+                if steps is not None:
+                    mask = np.where(alive, 1.0, np.nan)
+                    steps["velocity_steps"].append(info["velocity"] * (mask[:, None] if ep_vel.ndim == 2 else mask))
+                    steps["height_steps"].append(info["height"] * mask)
+                    steps["reward_steps"].append(reward * mask)
+                totals["fell"] += alive & terminated
+                alive &= ~(terminated | truncated)
+                if not alive.any():
+                    break
+            length = np.maximum(ep_len, 1)
+            totals["return"] += ep_return
+            totals["length"] += ep_len
+            totals["height_mean"] += ep_hsum / length
+            totals["height_max"] += ep_hmax
+            per_step = (lambda x, n: x / (n[:, None] if x.ndim == 2 else n))
+            mean_velocity_all = per_step(ep_vel, length)
+            late = ep_len_late > 0
+            mean_velocity = np.where(late[:, None] if ep_vel.ndim == 2 else late,
+                                     per_step(ep_vel_late, np.maximum(ep_len_late, 1)), mean_velocity_all)
+            velocity_sum += mean_velocity
+            velocity_all_sum += mean_velocity_all
+            totals["speed_along"] += env.speed_along(mean_velocity)
             if steps is not None:
-                steps["obs"].append(np.where(alive[:, None], obs, np.nan))
-                steps["action_steps"].append(np.where(alive[:, None], actions, np.nan))
-            obs, reward, terminated, truncated, info = env.step(actions)
-            a = alive.astype(np.float64)
-            ep_return += a * reward
-            ep_len += a
-            weighted_velocity = (a[:, None] if ep_vel.ndim == 2 else a) * info["velocity"]
-            ep_vel += weighted_velocity
-            if step >= SETTLE_STEPS:
-                ep_vel_late += weighted_velocity
-                ep_len_late += a
-            ep_hsum += a * info["height"]
-            ep_hmax = np.where(alive, np.maximum(ep_hmax, info["height"]), ep_hmax)
-            if steps is not None:
-                mask = np.where(alive, 1.0, np.nan)
-                steps["velocity_steps"].append(info["velocity"] * (mask[:, None] if ep_vel.ndim == 2 else mask))
-                steps["height_steps"].append(info["height"] * mask)
-                steps["reward_steps"].append(reward * mask)
-            totals["fell"] += alive & terminated
-            alive &= ~(terminated | truncated)
-            if not alive.any():
-                break
-        length = np.maximum(ep_len, 1)
-        totals["return"] += ep_return
-        totals["length"] += ep_len
-        totals["height_mean"] += ep_hsum / length
-        totals["height_max"] += ep_hmax
-        per_step = (lambda x, n: x / (n[:, None] if x.ndim == 2 else n))
-        mean_velocity_all = per_step(ep_vel, length)
-        late = ep_len_late > 0
-        mean_velocity = np.where(late[:, None] if ep_vel.ndim == 2 else late,
-                                 per_step(ep_vel_late, np.maximum(ep_len_late, 1)), mean_velocity_all)
-        velocity_sum += mean_velocity
-        velocity_all_sum += mean_velocity_all
-        totals["speed_along"] += env.speed_along(mean_velocity)
-        if steps is not None:
-            recorded = {k: np.stack(v) for k, v in steps.items()}
+                recorded = {k: np.stack(v) for k, v in steps.items()}
     result = {k: v / episodes for k, v in totals.items()}
     result["velocity"] = velocity_sum / episodes
     result["velocity_all"] = velocity_all_sum / episodes

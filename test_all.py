@@ -761,6 +761,23 @@ def test_rollout_metrics_are_consistent():
     np.testing.assert_array_equal(result["return"], again["return"])
 
 
+def test_a_seeded_stochastic_rollout_depends_on_its_seed_alone():
+    """Stochastic actions come from the rollout's seed, not from whatever drew from
+    torch's generator before (adaptation's searches and the analyses rely on it)."""
+    sac = tiny_sac()
+    env = envs.make("halfcheetah-vel", tasks=[1.0, 2.0, 3.0, 4.0], seed=0)
+    torch.manual_seed(1)
+    first = rollout(sac.policy, env, deterministic=False, seed=5)["return"]
+    state_after = torch.get_rng_state()
+    torch.manual_seed(2)
+    torch.randn(100)
+    again = rollout(sac.policy, env, deterministic=False, seed=5)["return"]
+    np.testing.assert_array_equal(first, again)
+    torch.manual_seed(1)
+    assert torch.equal(torch.get_rng_state(), state_after), "a seeded rollout must leave torch's generator as it was"
+    assert not np.array_equal(first, rollout(sac.policy, env, deterministic=False, seed=6)["return"])
+
+
 # ==========================================================================
 # train.py: end to end, checkpoints, resume, interruption, bad input
 # ==========================================================================
@@ -1288,6 +1305,28 @@ def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path
     assert (tmp_path / "seeds.png").stat().st_size > 0
     assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path / "nowhere")), "--runs")
     assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--out", str(tmp_path)), "no training run")
+
+
+def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_path):
+    """--evaluate: each run's saved policy measured as `evaluate` and `interpolate`
+    measure the shipped ones, then the same statistics over seeds."""
+    root, _, _ = sweep_runs
+    result = run_script("analyze.py", "seeds", "--runs", str(root), "--out", str(tmp_path), "--evaluate", "--reps", "100",
+                        *tiny_budget("seeds"))
+    assert result.returncode == 0, result.stderr
+    rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "seeds.csv"))}
+    assert len(rows) == 4 and all({"error", "worst_error", "fell", "r2 0.8->1", "r2 0.4->1.6"} <= set(row) for row in rows.values())
+    run = "seed=1,lte_noise=0.02/hopper-vel"
+    loaded = policy_module.load(str(root / (run + ".pt")))
+    again = train.evaluate(loaded, envs.make("hopper-vel", tasks=loaded.tasks, seed=10_000), 1, seed=10_000)
+    assert abs(float(rows[run]["error"]) - again["mean_error"]) < 1e-3  # the fresh evaluation of `evaluate`
+    group = json.loads((tmp_path / "summary.json").read_text())["seeds"]["lte_noise=0.02"]
+    assert group["measured"] == ["error", "worst_error", "fell", "r2 0.8->1", "r2 0.4->1.6"]
+    per_seed = [float(r["error"]) for name, r in sorted(rows.items()) if "lte_noise=0.02/" in name]
+    np.testing.assert_allclose(group["error"]["values"], per_seed, atol=1e-3)
+    assert "fresh mean error (mean [95% CI]; per seed)" in (tmp_path / "seeds.md").read_text()
+    assert (tmp_path / "seeds_measures.png").stat().st_size > 0
+    assert not list(root.glob("*/interpolate_*"))  # measuring writes nothing beside the runs
 
 
 def test_seeds_reads_a_run_saved_before_a_field_existed_as_what_it_ran_with(tmp_path):
