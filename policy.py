@@ -117,52 +117,15 @@ def slerp(a, b, alpha: float) -> np.ndarray:
     return mix / np.linalg.norm(mix)
 
 
-class ObservationNorm(nn.Module):
-    """x -> (x - mean) / sqrt(var + 1e-8), clipped to +-10, with the running mean and
-    variance of every observation collected in training (running observation
-    normalisation, as in PPO's implementations and SimBa, Lee et al. 2025; not in the
-    paper). Disabled: the identity, with no state, so checkpoints without it load."""
-
-    def __init__(self, dim: int, enabled: bool):
-        super().__init__()
-        self.enabled = enabled
-        if enabled:
-            self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-            self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-            self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return x
-        return ((x - self.mean.to(x.dtype)) * torch.rsqrt(self.var.to(x.dtype) + 1e-8)).clamp(-10.0, 10.0)
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold a batch of observations (N, dim) into the running moments (Chan et al.'s
-        parallel update: exact for all observations seen so far)."""
-        if not self.enabled:
-            return
-        x = x.to(self.mean.device, torch.float64).reshape(-1, self.mean.shape[0])
-        n, batch_mean = x.shape[0], x.mean(0)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        m2 = self.var * self.count + x.var(0, unbiased=False) * n + delta.square() * self.count * n / total
-        self.mean += delta * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-
 class Policy(nn.Module):
     """EAR actor (state encoder + task encoder + action decoder), or the plain
     multi-task baseline when `baseline` is set."""
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, encoder_hidden=(400, 400),
                  task_hidden=(400,), decoder_hidden=(400, 400, 400, 400), lse_dim: int = 16,
-                 lte_dim: int = 3, baseline: bool = False, baseline_hidden=(400, 400, 400, 400),
-                 obs_norm: bool = False):
+                 lte_dim: int = 3, baseline: bool = False, baseline_hidden=(400, 400, 400, 400)):
         super().__init__()
         self.obs_dim, self.act_dim, self.num_tasks = obs_dim, act_dim, num_tasks
-        self.obs_norm = ObservationNorm(obs_dim, obs_norm)  # the identity unless enabled
         self.lse_dim, self.lte_dim, self.baseline = lse_dim, lte_dim, baseline
         if baseline:
             self.net = mlp(obs_dim + num_tasks, list(baseline_hidden), 2 * act_dim)
@@ -183,7 +146,7 @@ class Policy(nn.Module):
 
     def lse(self, obs: torch.Tensor) -> torch.Tensor:
         """Latent sensory embedding: the state encoder's output on the unit sphere."""
-        return F.normalize(self.state_encoder(self.obs_norm(obs)), dim=-1)
+        return F.normalize(self.state_encoder(obs), dim=-1)
 
     def lte_table(self) -> torch.Tensor:
         """Latent task embeddings of all T training tasks, (T, lte_dim), unit norm.
@@ -199,7 +162,7 @@ class Policy(nn.Module):
         """Action and log-probability for observations and integer task ids."""
         if self.baseline:
             onehot = F.one_hot(task, self.num_tasks).to(obs.dtype)
-            return tanh_gaussian(self.net(torch.cat([self.obs_norm(obs), onehot], dim=-1)), deterministic)
+            return tanh_gaussian(self.net(torch.cat([obs, onehot], dim=-1)), deterministic)
         lte = self.lte_table()[task]
         if lte_noise > 0:
             lte = F.normalize(lte + lte_noise * torch.randn_like(lte), dim=-1)
@@ -226,7 +189,7 @@ class Policy(nn.Module):
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=device)
         if self.baseline and np.asarray(lte).ndim == 2:  # task-input vectors in place of one-hot rows
             task = torch.as_tensor(np.asarray(lte), dtype=torch.float32, device=device)
-            action, _ = tanh_gaussian(self.net(torch.cat([self.obs_norm(obs_t), task], dim=-1)), deterministic)
+            action, _ = tanh_gaussian(self.net(torch.cat([obs_t, task], dim=-1)), deterministic)
         elif self.baseline:
             task = torch.as_tensor(np.asarray(lte), dtype=torch.long, device=device)
             action, _ = self(obs_t, task, deterministic)
@@ -289,7 +252,7 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
     policy = Policy(obs_dim, act_dim, num_tasks, encoder_hidden=cfg["encoder_hidden"],
                     task_hidden=cfg["task_hidden"], decoder_hidden=cfg["decoder_hidden"],
                     lse_dim=cfg["lse_dim"], lte_dim=cfg["lte_dim"], baseline=cfg["baseline"],
-                    baseline_hidden=cfg["baseline_hidden"], obs_norm=cfg.get("obs_norm", False))
+                    baseline_hidden=cfg["baseline_hidden"])
     critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"],
                         layer_norm=cfg.get("critic_layer_norm", False))
     return policy, critic

@@ -245,8 +245,6 @@ class SAC:
                                           lr=cfg["lr"], fused=fused)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"])
         self.actor_modules = policy.parts()
-        # the critics see observations as the policy does (its running normalisation, if any)
-        self.obs_norm = getattr(policy, "obs_norm", torch.nn.Identity())
         self.critic_params = list(critic.parameters())
         self.target_params = list(self.target_critic.parameters())
         self.precision = cfg["precision"]
@@ -326,11 +324,11 @@ class SAC:
         reward = self.reward_scale * batch["reward"]
         with torch.no_grad(), self.autocast():
             next_action, next_log_prob = self.policy(batch["next_obs"], task)
-            next_q = self.target_critic(self.obs_norm(batch["next_obs"]), next_action, task).float().min(0).values
+            next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
             target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
         with self.autocast():
             # the sum of the two critics' MSE: each critic gets its own gradient
-            q = self.critic(self.obs_norm(obs), action, task).float()
+            q = self.critic(obs, action, task).float()
             loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
         return loss, q
 
@@ -339,7 +337,7 @@ class SAC:
         the critics' detached weights: only the actor learns from it."""
         with self.autocast():
             # obs detached too: in PEARL it carries z, and the actor loss must not train the context encoder
-            q_new = self.critic(self.obs_norm(batch["obs"].detach()), new_action, batch["task"], detach=True).float().min(0).values
+            q_new = self.critic(batch["obs"].detach(), new_action, batch["task"], detach=True).float().min(0).values
             return (alpha * log_prob - q_new).mean()
 
     def state_dict(self) -> dict:
@@ -367,9 +365,8 @@ class ReferenceSAC:
     fp32, one shared temperature and an actor step on every update (the paper's)."""
 
     def __init__(self, sac: SAC):
-        if sac.log_alpha.dim() or sac.actor_every != 1 or sac.critic.layer_norm or getattr(sac.obs_norm, "enabled", False):
-            raise ValueError("ReferenceSAC is the paper's update: one shared alpha, actor_every=1, no LayerNorm critics, "
-                             "no observation normalisation")
+        if sac.log_alpha.dim() or sac.actor_every != 1 or sac.critic.layer_norm:
+            raise ValueError("ReferenceSAC is the paper's update: one shared alpha, actor_every=1, no LayerNorm critics")
         self.policy = copy.deepcopy(sac.policy)
         self.critics = [self._member(sac.critic, i) for i in range(sac.critic.ensemble)]
         self.targets = [self._member(sac.target_critic, i) for i in range(sac.critic.ensemble)]

@@ -547,56 +547,6 @@ def test_critic_layer_norm_normalises_every_hidden_layer():
     assert not tiny_sac().critic.layer_norm and sac.update(batch)["critic_loss"].isfinite()
 
 
-def test_observation_norm_keeps_the_exact_running_moments_and_feeds_actor_and_critics():
-    norm = policy_module.ObservationNorm(17, enabled=True)
-    g = torch.Generator().manual_seed(0)
-    batches = [3.0 + 5.0 * torch.randn(n, 17, generator=g) for n in (4, 1, 10, 7)]
-    for batch in batches:
-        norm.update(batch)
-    seen = torch.cat(batches).double()
-    torch.testing.assert_close(norm.mean, seen.mean(0))
-    torch.testing.assert_close(norm.var, seen.var(0, unbiased=False))
-    assert norm.count.item() == len(seen)
-    x = torch.randn(5, 17)
-    torch.testing.assert_close(norm(x), ((x - seen.mean(0)) / torch.sqrt(seen.var(0, unbiased=False) + 1e-8)).float())
-    off = policy_module.ObservationNorm(17, enabled=False)
-    off.update(x)
-    assert off(x) is x and not list(off.state_dict())  # off: the identity, nothing saved
-    # The actor and both critics see normalised observations: shifting the running mean
-    # by a constant and the observations by the same constant changes nothing.
-    sac, batch = tiny_sac(obs_norm=True), random_batch()
-    sac.policy.obs_norm.update(batch["obs"])
-    torch.manual_seed(1)
-    before = sac.critic_loss(batch, torch.tensor(0.2))[0]
-    sac.policy.obs_norm.mean += 100.0
-    shifted = {**batch, "obs": batch["obs"] + 100.0, "next_obs": batch["next_obs"] + 100.0}
-    torch.manual_seed(1)
-    torch.testing.assert_close(sac.critic_loss(shifted, torch.tensor(0.2))[0], before, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="paper's update"):
-        sac_module.ReferenceSAC(sac)
-
-
-def test_obs_norm_runs_train_resume_and_load(tmp_path):
-    out = tmp_path / "run"
-    result = run_script("train.py", "--env", "hopper-vel", "--out", str(out), "--epochs", "2", "--set", "obs_norm=true",
-                        *TINY_NETS)
-    assert result.returncode == 0, result.stderr
-    result = run_script("train.py", "--env", "hopper-vel", "--out", str(out), "--epochs", "3", "--set", "obs_norm=true",
-                        "--resume", *TINY_NETS)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "hopper-vel.json").read_text())
-    loaded = policy_module.load(str(out / "hopper-vel.pt"))
-    assert loaded.config["obs_norm"] and loaded.obs_norm.enabled
-    # every collected observation, none from evaluation: warm-up + 3 epochs of 50 steps, 10 tasks
-    latest = torch.load(out / "hopper-vel.latest.pt", weights_only=True)
-    assert latest["sac"]["policy"]["obs_norm.count"].item() == summary["env_steps"] == (1 + 3) * 50 * 10
-    assert 0 < loaded.obs_norm.count.item() <= summary["env_steps"]  # the best epoch's
-    mismatch = run_script("train.py", "--env", "hopper-vel", "--out", str(out), "--epochs", "4", "--resume", *TINY_NETS)
-    assert_one_line_error(mismatch, "obs_norm")
-    pearl = run_script("train.py", "--pearl", "--set", "obs_norm=true", "--out", str(tmp_path / "p"), "--epochs", "1", *TINY_NETS)
-    assert_one_line_error(pearl, "obs_norm")
-
-
 def test_paper_preset_is_the_papers_algorithm():
     paper_epochs = {"halfcheetah-vel": 4000, "halfcheetah-runjump": 4000, "hopper-vel": 5000, "walker-vel": 5000, "ant-dir": 10000}
     for family, epochs in paper_epochs.items():
@@ -604,7 +554,7 @@ def test_paper_preset_is_the_papers_algorithm():
         ant = family == "ant-dir"
         assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
         assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
-        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.obs_norm, cfg.reward_scale) == (False, 1, False, False, 1.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.reward_scale) == (False, 1, False, 1.0)
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)

@@ -99,7 +99,6 @@ class Config:
     alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
     actor_every: int = 2  # actor and temperature step once every that many critic steps (the paper's: 1; README, "Levers")
     critic_layer_norm: bool = False  # LayerNorm after every hidden layer of the critics (not in the paper)
-    obs_norm: bool = False  # running observation normalisation for actor and critics (not in the paper)
     reward_scale: float = 1.0
     batch_per_task: int = 32
     replay_per_task: int = 100_000
@@ -119,8 +118,7 @@ class Config:
 
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
-ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "critic_layer_norm": False, "minutes": 0.0,
-                "obs_norm": False}
+ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "critic_layer_norm": False, "minutes": 0.0}
 
 
 def saved_config(saved: dict) -> Config:
@@ -272,7 +270,7 @@ class Trainer:
         data = read_checkpoint(path)
         saved = asdict(saved_config(data["config"]))  # fields it predates: what it ran with
         for key in ("env", "task_set", "baseline", "pearl", "encoder_hidden", "decoder_hidden", "critic_hidden",
-                    "task_hidden", "baseline_hidden", "lse_dim", "lte_dim", "obs_norm"):
+                    "task_hidden", "baseline_hidden", "lse_dim", "lte_dim"):
             if saved.get(key) != self.cfg_dict.get(key):
                 raise CheckpointError(f"{path} was made with {key}={saved.get(key)!r}, not {self.cfg_dict.get(key)!r}; "
                                       f"resume with the same --env/--preset/--set options or use another --name")
@@ -304,7 +302,6 @@ class Trainer:
         for _ in range(steps):
             with torch.no_grad():
                 obs_t = torch.as_tensor(self.obs, device=self.cfg.device)
-                policy.obs_norm.update(obs_t)  # the identity's update does nothing
                 action = policy(obs_t, task_ids)[0].cpu().numpy()
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             self.replay.add(self.obs, action, reward, info["final_obs"], terminated)
@@ -749,8 +746,6 @@ def validate(cfg: Config) -> None:
         raise ValueError("--baseline and --pearl are two different baselines; pass one of them")
     if cfg.pearl and cfg.alpha_per_task:
         raise ValueError("PEARL has no task id for a temperature per task; drop --set alpha_per_task=true")
-    if cfg.pearl and cfg.obs_norm:
-        raise ValueError("PEARL's observations carry its latent z, which obs_norm does not cover; drop --set obs_norm=true")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.device != "cpu" and cfg.device != "mps" and not cfg.device.startswith("cuda"):
