@@ -345,7 +345,9 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
 
     ltes: (T, lte_dim) embeddings, one per simulation (default: the policy's own
     training embeddings, when env holds its training tasks). For the baseline
-    policy, pass integer task ids (T,).
+    policy, pass integer task ids (T,). seed: episode k resets from seed + k, and
+    stochastic actions draw from seed (None: from the environment's and torch's
+    running generators).
     Returns per-simulation arrays averaged over episodes: "return", "length",
     "velocity" (mean forward velocity over the last 150 steps of the 200, i.e.
     after a 50-step start-up; over the whole episode if it ended sooner; Ant:
