@@ -257,7 +257,7 @@ def interpolation(policy, family: str, pairs: list, args) -> dict:
     """The numbers of interpolate for one checkpoint (no files): per pair "a->b" and per
     "method_actions", the behaviour at every alpha (mean and std over --episodes), the
     linear prediction, R^2 against targets and endpoints, monotonicity."""
-    spec = envs.FAMILIES[family]
+    record = envs.FAMILIES[family]
     E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
     methods = {"nlerp": nlerp, "slerp": slerp}
     ltes = np.array([fn(E[ia], E[ib], a) for ia, ib in pairs for fn in methods.values() for a in alphas])
@@ -270,27 +270,27 @@ def interpolation(policy, family: str, pairs: list, args) -> dict:
     for p, (ia, ib) in enumerate(pairs):
         ta, tb = policy.tasks[ia], policy.tasks[ib]
         va, vb = target_of(family, ta), target_of(family, tb)
-        span = float(spec.difference(vb, va))
+        span = float(record.difference(vb, va))
         predicted = va + alphas * span  # (1 - alpha) v_a + alpha v_b
         pair = {"alpha0_task": envs.task_label(ta), "alpha1_task": envs.task_label(tb), "alphas": alphas.tolist(),
                 "linear_prediction": predicted.tolist()}
         for m, method in enumerate(methods):
             for mode in ("deterministic", "stochastic"):
-                v = predicted[:, None] + spec.difference(values[mode][p, m], predicted[:, None])  # headings unwrapped
+                v = predicted[:, None] + record.difference(values[mode][p, m], predicted[:, None])  # headings unwrapped
                 mean, std = v.mean(axis=1), v.std(axis=1)
                 ends = mean[0] + alphas * (mean[-1] - mean[0])
                 steps = np.diff(mean) * np.sign(span if span else 1.0)
                 pair[f"{method}_{mode}"] = {
                     "alpha_0.5": float(np.interp(0.5, alphas, mean)), "values": mean.tolist(), "std": std.tolist(),
                     "r2_targets": r_squared(mean, predicted), "r2_endpoints": r_squared(mean, ends),
-                    "monotonic": bool(np.all(steps > -spec.behaviour_tolerance)),
+                    "monotonic": bool(np.all(steps > -record.behaviour_tolerance)),
                     "fraction_steps_forward": float(np.mean(steps > 0))}
         numbers[f"{envs.task_label(ta)}->{envs.task_label(tb)}"] = pair
     return numbers
 
 
 def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> None:
-    spec = envs.FAMILIES[family]
+    record = envs.FAMILIES[family]
     fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
     for ax, (name, pair) in zip(axes[0], numbers.items()):
         alphas, predicted = np.array(pair["alphas"]), np.array(pair["linear_prediction"])
@@ -303,8 +303,8 @@ def draw_interpolation(family: str, numbers: dict, episodes: int, path: str) -> 
                         label=f"{method}, {mode} actions")
                 ax.fill_between(alphas, mean - std, mean + std, color=color, alpha=0.12)
         ax.plot([0, 1], [predicted[0], predicted[-1]], "k*", ms=14, label="training tasks (α=0: a, α=1: b)")
-        ax.set(title=f"{spec.title}: {pair['alpha0_task']} (α=0) → {pair['alpha1_task']} (α=1)",
-               xlabel="interpolation weight α", ylabel=spec.behaviour_label)
+        ax.set(title=f"{record.title}: {pair['alpha0_task']} (α=0) → {pair['alpha1_task']} (α=1)",
+               xlabel="interpolation weight α", ylabel=record.behaviour_label)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Zero-shot LTE interpolation, mean ± std over {episodes} episodes", fontsize=10)
@@ -625,9 +625,9 @@ def behaviour_map(policy, family: str, directions: np.ndarray, args) -> tuple[di
     nearest = np.argmax(directions @ directions.T - 2 * np.eye(len(directions)), axis=1)
     partner = np.random.default_rng(args.seed).permutation(len(directions))
     result, env = simulate(policy, family, directions, args)
-    spec, E = env.family, policy.task_embeddings
+    record, E = env.family, policy.task_embeddings
     b = env.behaviour(result)
-    diff = lambda x, y: np.abs(spec.difference(x, y))
+    diff = lambda x, y: np.abs(record.difference(x, y))
     spread = np.mean(diff(b, b[partner]))
     stats = {"directions": len(directions),
              "neighbour_ratio": float(np.mean(diff(b, b[nearest])) / spread) if spread > 0 else float("nan")}
@@ -635,19 +635,19 @@ def behaviour_map(policy, family: str, directions: np.ndarray, args) -> tuple[di
     angles = np.degrees(np.arccos(np.clip(E @ E.T, -1, 1))) + 1e3 * np.eye(len(E))
     stats["lte_nearest_is_adjacent_task"] = float(np.mean(np.abs(np.argmin(angles, axis=1) - np.arange(len(E))) == 1))
     stats["lte_adjacent_angle_deg"] = float(np.mean(np.diagonal(angles, 1)))
-    if spec.kinds[0] == "run":  # a velocity per direction
+    if record.kinds[0] == "run":  # a velocity per direction
         targets = [target_of(family, t) for t in policy.tasks if target_of(family, t) is not None]
         inside = (b >= min(targets) - 0.5) & (b <= max(targets) + 0.5)
         stats.update(velocity_min=float(b.min()), velocity_max=float(b.max()), fraction_in_trained_range=float(inside.mean()))
         panels = [(b, "forward velocity (m/s)", "viridis")]
-        if spec.multi_modal:  # jump (and stand) tasks: how high each direction goes
+        if record.multi_modal:  # jump (and stand) tasks: how high each direction goes
             panels.append((result["height_mean"], "mean root height (m)", "magma"))
     else:  # a heading per direction
         speed = np.linalg.norm(result["velocity"], axis=1)
         sectors = np.unique(np.round(envs.wrap_degrees(b[speed > 0.5]) / 15.0) % 24)
         stats.update(heading_sectors_covered=int(len(sectors)), speed_max=float(speed.max()))
         panels = [(b, "heading (degrees)", "twilight"), (speed, "speed (m/s)", "viridis")]
-    columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2], spec.behaviour_column: b,
+    columns = {"x": directions[:, 0], "y": directions[:, 1], "z": directions[:, 2], record.behaviour_column: b,
                "height_mean": result["height_mean"], "return": result["return"], "fell": result["fell"]}
     return stats, columns, panels
 
@@ -956,11 +956,12 @@ def draw_ablation(numbers: dict, path: str) -> None:
 
 def draw_over_seeds(groups: dict, columns: dict, title: str, path: str) -> None:
     """Per column (a panel titled by `columns`), a bar per group (mean over its seeds)
-    with its seeds as dots; groups[label][column] holds "values"."""
+    with its seeds as dots; groups[label][column] holds "values" (a group without
+    the column gets no bar)."""
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
     for ax, (column, panel) in zip(axes[0], columns.items()):
         for g, stats in enumerate(groups.values()):
-            values = np.array([np.nan if v is None else v for v in stats[column]["values"]], dtype=float)
+            values = np.asarray(stats.get(column, {}).get("values", []), dtype=float)
             if np.isfinite(values).any():
                 ax.bar(g, np.nanmean(values), color=f"C{g}", alpha=0.5)
                 ax.plot([g] * len(values), values, "ko", ms=4)
@@ -984,6 +985,11 @@ MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task 
 def measure_title(key: str) -> str:
     """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4"."""
     return MEASURE_TITLES.get(key) or key.replace("r2 ", "interpolation R² ", 1)
+
+
+def measured_keys(groups: dict) -> list:
+    """The run_measures keys of any group, in first-seen order (seeds --evaluate)."""
+    return list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
 
 
 def seed_statistics(values, reps: int = 2000, seed: int = 0, iqm: bool = True) -> dict:
@@ -1085,10 +1091,9 @@ def seeds(args) -> dict:
                 "per seed " + ", ".join(f"{v:.3f}" for v in m["values"]))
     title = os.path.basename(os.path.abspath(args.runs))
     draw_seeds(groups, runs, title, os.path.join(args.out, "seeds.png"))
-    measured = list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
+    measured = measured_keys(groups)
     if measured:
-        draw_over_seeds({label: {key: group.get(key, {"values": []}) for key in measured} for label, group in groups.items()},
-                        {key: measure_title(key) for key in measured},
+        draw_over_seeds(groups, {key: measure_title(key) for key in measured},
                         f"{title}: measured afresh, bars = mean over seeds, dots = seeds", os.path.join(args.out, "seeds_measures.png"))
     write_csv(os.path.join(args.out, "seeds.csv"), rows)
     policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
@@ -1125,14 +1130,14 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                       "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
                       "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan,
                       **{f"time_to_{level:g}": time_to(log, level) for level in levels}}
-            measures = {k: math.nan if v is None else float(v) for k, v in run.get("measures", {}).items()}
+            measures = {k: float(v) for k, v in run.get("measures", {}).items()}
             per_run.append({**values, **measures})
             rows.append({"configuration": label, "run": run["run"], "seed": run["config"]["seed"],
                          **{k: run["summary"][k] for k in ("epochs", "updates", "wall_clock_s")},
                          **{k: round(v, 4) if math.isfinite(v) else v for k, v in {**values, **measures}.items()}})
         group = {"configuration": label, "config": cfg, "seeds": [r["config"]["seed"] for r in members],
                  "runs": [r["run"] for r in members], "unit": envs.FAMILIES[cfg["env"]].error_unit,
-                 "measured": list(dict.fromkeys(k for v in per_run for k in v if k in MEASURE_TITLES or k.startswith("r2 ")))}
+                 "measured": list(dict.fromkeys(k for run in members for k in run.get("measures", {})))}
         for metric in (*SEED_METRICS, *group["measured"]):
             group[metric] = seed_statistics([v.get(metric, math.nan) for v in per_run], args.reps, args.seed)
         for level in levels:
@@ -1148,7 +1153,7 @@ def seeds_table(groups: dict, reach) -> str:
     """The groups as Markdown: each metric's mean [95% interval], the per-seed final
     errors and the minutes to each --reach level."""
     levels = sorted(reach or [], reverse=True)
-    measured = list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
+    measured = measured_keys(groups)
     header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
               + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels]
               + [f"{measure_title(key)} (mean [95% CI]; per seed)" for key in measured])

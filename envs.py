@@ -463,7 +463,7 @@ FAMILIES = {
         paper_batch_per_task=80, paper_replay_per_task=50_000,
         test_tasks=(77.0, 82.0, 97.0, 133.0, 201.0), pairs=(("90", "105"), ("0", "90")), release_draw=(0, 360, 1, 5)),
 }
-TASK_SETS = {name: spec.task_sets for name, spec in FAMILIES.items()}
+TASK_SETS = {name: record.task_sets for name, record in FAMILIES.items()}
 TASK_KINDS = ("run", "jump", "stand")
 
 WEIGHT_LIMIT = 100.0
@@ -511,23 +511,23 @@ def check_family(name: str) -> Family:
 def normalize_task(family: str, task):
     """Validate one task parameter and return it in canonical form
     (float velocity / direction in degrees, or a (kind, float) pair)."""
-    spec = check_family(family)
-    if spec.multi_modal:
+    record = check_family(family)
+    if record.multi_modal:
         if isinstance(task, str):
             return parse_task(family, task)
         if not (isinstance(task, (tuple, list)) and len(task) == 2 and task[0] in TASK_KINDS):
             raise ValueError(f"{family} tasks are (kind, value) pairs with kind in {TASK_KINDS}, got {task!r}")
         kind = task[0]
         value = _finite(task[1], f"{kind} value")
-        if kind == "run" and abs(value) > spec.velocity_limit:
-            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {spec.velocity_limit})")
+        if kind == "run" and abs(value) > record.velocity_limit:
+            raise ValueError(f"run velocity {value} m/s is beyond what the cheetah can mean (|v| <= {record.velocity_limit})")
         if kind != "run" and not 0.0 <= value <= WEIGHT_LIMIT:
             raise ValueError(f"{kind} weight {value} must lie in [0, {WEIGHT_LIMIT}]")
         return (kind, value)
     value = _finite(task, "task")
-    if spec.planar and abs(value) > spec.velocity_limit:
-        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {spec.velocity_limit})")
-    if not spec.planar and not -360.0 <= value <= 360.0:
+    if record.planar and abs(value) > record.velocity_limit:
+        raise ValueError(f"velocity {value} m/s is beyond what {family} can mean (|v| <= {record.velocity_limit})")
+    if not record.planar and not -360.0 <= value <= 360.0:
         raise ValueError(f"direction {value} degrees must lie in [-360, 360]")
     return value
 
@@ -561,10 +561,10 @@ def _finite(value, what):
 
 
 def training_tasks(family: str, task_set: str = "default") -> list:
-    spec = check_family(family)
-    if task_set not in spec.task_sets:
-        raise ValueError(f"unknown task set {task_set!r} for {family}; valid: {', '.join(spec.task_sets)}")
-    return list(spec.task_sets[task_set])
+    record = check_family(family)
+    if task_set not in record.task_sets:
+        raise ValueError(f"unknown task set {task_set!r} for {family}; valid: {', '.join(record.task_sets)}")
+    return list(record.task_sets[task_set])
 
 
 def task_label(task) -> str:
@@ -858,7 +858,7 @@ def main(argv=None) -> None:
     if args.benchmark:
         print(json.dumps(benchmark(args.seconds, args.nthread)))
     else:
-        for name, spec in FAMILIES.items():
+        for name in FAMILIES:
             env = make(name)
             print(f"{name:20s} obs {env.obs_dim:3d}  act {env.act_dim}  dt {env.dt:.3f}  "
                   f"tasks {[task_label(t) for t in env.tasks]}")
