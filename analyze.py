@@ -1,8 +1,8 @@
 """The pictures and numbers behind the paper's claims (EAR, Hua, Chen, Xu, ICLR 2023).
 
     python analyze.py all                       # every figure and table in results/ (< 15 min, 2 cores)
-    python analyze.py ablation --runs runs/ablation   # the LTE-noise / LTE-dimension ablation
     python analyze.py seeds --runs runs/sweep         # a sweep's seeds, with 95% intervals
+    python analyze.py seeds --runs runs/ablation --evaluate   # an ablation: each run measured afresh
     python analyze.py interpolate --pair 3 4    # one subcommand; --help on each lists the flags
     python analyze.py sphere --env ant-dir --directions 200 --checkpoints DIR --out DIR
 
@@ -23,8 +23,8 @@ first seven):
     equivariance the LSE's equivariance: orbits over the gait and one rotation per step.
     curves       training curves, EAR against the plain multi-task SAC baseline.
     render       filmstrip and GIF of a training LTE and an interpolated one.
-    ablation     the LTE-noise and LTE-dimension ablation on HalfCheetah-Vel, over seeds.
-    seeds        a sweep's runs grouped by configuration, with 95% intervals over seeds.
+    seeds        a sweep's runs grouped by configuration, with 95% intervals over seeds; with
+                 --evaluate each run's policy measured afresh (an ablation, e.g. of the LTE noise).
 """
 
 from __future__ import annotations
@@ -855,103 +855,39 @@ def evaluate(args) -> dict:
 
 
 # --------------------------------------------------------------------------
-# ablation
+# seeds: a sweep's runs grouped by configuration, with intervals over seeds
 # --------------------------------------------------------------------------
 
-
-ABLATION_PAIRS = [["3", "4"], ["2", "8"]]  # a neighbouring and a distant pair of HalfCheetah-Vel tasks
-ABLATION_COLUMNS = {"error": "mean velocity error (m/s)",  # a column of ablation.csv: its figure panel's title
-                    **{f"r2_{a}to{b}": f"interpolation R² {a}→{b} m/s" for a, b in ABLATION_PAIRS}}
-
-
-def ablation(args) -> dict:
-    """The LTE-noise and LTE-dimension ablation on HalfCheetah-Vel, over seeds (not part of `all`).
-
-    For every run folder in --runs holding a halfcheetah-vel.pt (trained with
-    `train.py --out RUNS/NAME --seed S --set lte_noise=... --set lte_dim=...`): the
-    training error as in `evaluate` and the interpolation R^2 against the targets
-    (nlerp, deterministic actions) for 3 -> 4 and 2 -> 8 m/s, then mean, std, min,
-    max and the 95% bootstrap interval of the mean (as `seeds`) over the seeds of
-    each (lte_noise, lte_dim) setting; `train.py --sweep` makes such a folder. Writes
-    ablation.csv (one row per run: its training budget in updates, from its .json, and
-    the updates at the saved best epoch that is evaluated) and ablation.png.
-    """
-    family = "halfcheetah-vel"
-    if not os.path.isdir(args.runs):
-        _fail(f"ablation: --runs {args.runs} is not a folder; train the runs first (README, 'Ablation')")
-    runs = sorted(d for d in os.listdir(args.runs) if os.path.isfile(os.path.join(args.runs, d, f"{family}.pt")))
-    if not runs:
-        _fail(f"ablation: no run folder in {args.runs} holds a {family}.pt; train with "
-              f"`python train.py --out {args.runs}/NAME --seed S --set lte_noise=...`")
-    rows = [ablation_row(os.path.join(args.runs, run), family, args) for run in runs]
-    if len({row["updates"] for row in rows}) > 1:
-        say(f"ablation: the runs differ in budget ({sorted({row['updates'] for row in rows})} updates); "
-            f"compare settings at equal budget only")
-    numbers = {"runs": rows, "settings": ablation_settings(rows, args.seed)}
-    for label, stats in numbers["settings"].items():
-        say(f"ablation {label} ({len(stats['seeds'])} seeds): error {stats['error']['mean']:.3f} ± "
-            f"{stats['error']['std']:.3f} m/s, " + ", ".join(f"R^2 {a}->{b} {stats[f'r2_{a}to{b}']['mean']:.2f} ± "
-                                                          f"{stats[f'r2_{a}to{b}']['std']:.2f}" for a, b in ABLATION_PAIRS))
-    write_csv(os.path.join(args.out, "ablation.csv"), rows)
-    draw_ablation(numbers, os.path.join(args.out, "ablation.png"))
-    return numbers
+RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seeds and machines, not configurations
+SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
+                "final_return": "final mean return", "best_return": "best mean return"}
+MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
 
 
-def ablation_row(folder: str, family: str, args) -> dict:
-    """One run's setting, budget, training error and interpolation R^2 (nlerp,
-    deterministic, against the targets) for ABLATION_PAIRS."""
-    policy = _load(os.path.join(folder, f"{family}.pt"), family)
-    measures = run_measures(policy, args, ABLATION_PAIRS)
-    cfg = policy.config
-    budget = policy.progress.get("updates")  # the saved (best) epoch's; the run's own total is in its .json
-    summary_path = os.path.join(folder, f"{family}.json")
-    if os.path.isfile(summary_path):
-        with open(summary_path) as handle:
-            budget = json.load(handle).get("updates", budget)
-    row = {"run": os.path.basename(folder), "lte_noise": cfg["lte_noise"], "lte_dim": cfg["lte_dim"], "seed": cfg["seed"],
-           "updates": budget, "best_updates": policy.progress.get("updates"), "error": round(measures["error"], 4)}
-    for a, b in ABLATION_PAIRS:
-        row[f"r2_{a}to{b}"] = measures[f"r2 {a}->{b}"]
-    return row
+def measure_title(key: str) -> str:
+    """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4"."""
+    return MEASURE_TITLES.get(key) or key.replace("r2 ", "interpolation R² ", 1)
 
 
-def run_measures(policy, args, pairs=None) -> dict:
+def measured_keys(groups: dict) -> list:
+    """The run_measures keys of any group, in first-seen order (seeds --evaluate)."""
+    return list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
+
+
+def run_measures(policy, args) -> dict:
     """A checkpoint's claims measured afresh (no files): the family's error measure
     on --episodes deterministic episodes per training task from fresh resets (as
     `evaluate`: "error", "worst_error", "fell") and, for an EAR policy, the
     interpolation R^2 against the targets (nlerp, deterministic actions, as
-    `interpolate`: "r2 A->B") of `pairs` (default: the family's own pairs)."""
+    `interpolate`: "r2 A->B") of the family's own pairs."""
     family = policy.env_name
     measure = _family_measure(family, _fresh_evaluation(policy, args))
     numbers = {k: measure[k] for k in ("error", "worst_error", "fell")}
     if not policy.baseline:
-        pairs = interpolation_pairs(policy, family, pairs or envs.FAMILIES[family].pairs, [])
+        pairs = interpolation_pairs(policy, family, envs.FAMILIES[family].pairs, [])
         for name, pair in interpolation(policy, family, pairs, args).items():
             numbers[f"r2 {name}"] = pair["nlerp_deterministic"]["r2_targets"]
     return numbers
-
-
-def ablation_settings(rows: list, seed: int) -> dict:
-    """Per (lte_noise, lte_dim) setting, noise on first: each column's mean, std, min,
-    max and the 95% bootstrap interval of the mean over its seeds."""
-    settings = sorted({(row["lte_noise"], row["lte_dim"]) for row in rows}, key=lambda s: (-s[0], s[1]))
-    numbers = {}
-    for noise, dim in settings:
-        members = [row for row in rows if (row["lte_noise"], row["lte_dim"]) == (noise, dim)]
-        stats = {"seeds": [row["seed"] for row in members]}
-        for column in ABLATION_COLUMNS:
-            values = np.array([np.nan if row[column] is None else row[column] for row in members], dtype=float)
-            interval = seed_statistics(values, seed=seed)
-            stats[column] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
-                             "min": float(np.nanmin(values)), "max": float(np.nanmax(values)),
-                             "mean_low": interval["mean_low"], "mean_high": interval["mean_high"], "values": values.tolist()}
-        numbers[f"noise {noise:g}, dim {dim}"] = stats
-    return numbers
-
-
-def draw_ablation(numbers: dict, path: str) -> None:
-    draw_over_seeds(numbers["settings"], ABLATION_COLUMNS, f"HalfCheetah-Vel ablation: bars = mean over seeds, dots = "
-                    f"seeds ({numbers['runs'][0]['updates']} updates each)", path)
 
 
 def draw_over_seeds(groups: dict, columns: dict, title: str, path: str) -> None:
@@ -970,26 +906,6 @@ def draw_over_seeds(groups: dict, columns: dict, title: str, path: str) -> None:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
-
-
-# --------------------------------------------------------------------------
-# seeds: a sweep's runs grouped by configuration, with intervals over seeds
-# --------------------------------------------------------------------------
-
-RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seeds and machines, not configurations
-SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
-                "final_return": "final mean return", "best_return": "best mean return"}
-MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
-
-
-def measure_title(key: str) -> str:
-    """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4"."""
-    return MEASURE_TITLES.get(key) or key.replace("r2 ", "interpolation R² ", 1)
-
-
-def measured_keys(groups: dict) -> list:
-    """The run_measures keys of any group, in first-seen order (seeds --evaluate)."""
-    return list(dict.fromkeys(key for group in groups.values() for key in group["measured"]))
 
 
 def seed_statistics(values, reps: int = 2000, seed: int = 0, iqm: bool = True) -> dict:
@@ -1417,7 +1333,7 @@ def write_gif(film: dict, path: str) -> int:
 # Command line
 # --------------------------------------------------------------------------
 
-COMMANDS = {"evaluate": evaluate, "ablation": ablation, "seeds": seeds, "interpolate": interpolate, "compose": compose,
+COMMANDS = {"evaluate": evaluate, "seeds": seeds, "interpolate": interpolate, "compose": compose,
             "sphere": sphere, "equivariance": equivariance, "curves": curves, "render": render}
 
 
@@ -1437,9 +1353,9 @@ def _at_least(kind, low=1):
 # (flags, argparse options, the subcommands that take them); "all" takes every one
 OPTIONS = [
     (("--episodes",), dict(type=_at_least(int), default=10, help="episodes per task or embedding"),
-     ("evaluate", "interpolate", "compose", "ablation", "seeds")),
+     ("evaluate", "interpolate", "compose", "seeds")),
     (("--alphas",), dict(type=_at_least(int, 2), default=11, help="mixing weights in [0, 1]"),
-     ("interpolate", "compose", "ablation", "seeds")),
+     ("interpolate", "compose", "seeds")),
     (("--directions",), dict(type=_at_least(int, 4), default=400, help="lattice directions on the sphere"), ("sphere",)),
     (("--pair",), dict(nargs=2, action="append", metavar=("A", "B"), default=None,
                        help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (repeatable; default: a "
@@ -1466,9 +1382,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",ablation,seeds,all}")
-    for name in (*SUBCOMMANDS, "ablation", "seeds", "all"):
-        doc = inspect.getdoc(COMMANDS[name]) if name in COMMANDS else "Every subcommand but ablation and seeds, in order."
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + ",seeds,all}")
+    for name in (*SUBCOMMANDS, "seeds", "all"):
+        doc = inspect.getdoc(COMMANDS[name]) if name in COMMANDS else "Every subcommand but seeds, in order."
         p = sub.add_parser(name, help=doc.split("\n")[0].replace("%", "%%"), description=doc, formatter_class=_HelpFormatter)
         p.add_argument("--checkpoints", "--checkpoint-dir", dest="checkpoints", default=os.path.join(HERE, "checkpoints"),
                        help="folder of <env>.pt checkpoints and <env>.csv training logs")
@@ -1484,9 +1400,6 @@ def build_parser() -> ArgumentParser:
                 p.add_argument(*flags, **options)
             else:
                 p.set_defaults(**{options.get("dest", flags[0].lstrip("-").replace("-", "_")): options.get("default")})
-        if name == "ablation":
-            p.add_argument("--runs", default=os.path.join(HERE, "runs", "ablation"),
-                           help="folder of run folders, each with a halfcheetah-vel.pt (ablation)")
         if name == "seeds":
             p.add_argument("--runs", default=os.path.join("runs", "sweep"),
                            help="a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME)")
@@ -1506,7 +1419,7 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, ablation, seeds or all")
+        parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, seeds or all")
     if args.command == "seeds":
         if not os.path.isdir(args.runs):
             parser.error(f"seeds: --runs {args.runs} is not a folder; run a sweep first "

@@ -1890,27 +1890,28 @@ def test_evaluate_table_is_a_fresh_deterministic_evaluation(analyze_all, analyze
     assert int(row["updates"]) == loaded.progress["updates"] and "evaluate halfcheetah-vel.pt: EAR" in stdout
 
 
-def test_ablation_groups_runs_by_setting_over_seeds(tmp_path):
-    runs = tmp_path / "runs"
-    for name, extra in (("a-s0", ["--seed", "0"]), ("a-s1", ["--seed", "1"]), ("dim8-s0", ["--set", "lte_dim=8"])):
-        result = run_script("train.py", "--out", str(runs / name), "--epochs", "2", *extra, *TINY_NETS)
-        assert result.returncode == 0, result.stderr
-    (runs / "not-a-run").mkdir()
-    result = run_script("analyze.py", "ablation", "--runs", str(runs), "--out", str(tmp_path / "out"), *tiny_budget("ablation"))
+def test_seeds_groups_an_ablation_of_two_fields_and_two_seeds_into_their_range(tmp_path):
+    """An ablation is a folder of runs that differ in more than one field (two sweeps
+    into one folder): each setting is a group labelled by every field that varies,
+    its seeds in order, and with two seeds the 95% bootstrap interval of the mean is
+    the seeds' own range (as the README's ablation table reads it)."""
+    header = "epoch,env_steps,wall_clock_s,mean_return,mean_error\n"
+    settings = {"a0": (0.02, 3, 0, 0.70), "a1": (0.02, 3, 1, 0.50), "b0": (0.0, 3, 0, 0.90), "b1": (0.0, 3, 1, 0.80),
+                "c0": (0.02, 8, 0, 0.60)}
+    for name, (noise, dim, seed, error) in settings.items():
+        config = {**asdict(Config()), "lte_noise": noise, "lte_dim": dim, "seed": seed}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "halfcheetah-vel.json").write_text(json.dumps({"config": config, "epochs": 2, "updates": 20,
+                                                                          "wall_clock_s": 2.0}))
+        (tmp_path / name / "halfcheetah-vel.csv").write_text(header + f"1,100,1.0,-9.0,2.0\n2,200,2.0,-5.0,{error}\n")
+    result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "200")
     assert result.returncode == 0, result.stderr
-    rows = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
-    assert [row["run"] for row in rows] == ["a-s0", "a-s1", "dim8-s0"]
-    assert all(row["updates"] == "20" for row in rows)  # each run's budget, from its .json
-    settings = json.loads((tmp_path / "out" / "summary.json").read_text())["ablation"]["settings"]
-    assert set(settings) == {"noise 0.02, dim 3", "noise 0.02, dim 8"}
-    three = settings["noise 0.02, dim 3"]
-    assert three["seeds"] == [0, 1] and settings["noise 0.02, dim 8"]["error"]["std"] == 0
-    errors = [float(row["error"]) for row in rows[:2]]
-    assert abs(three["error"]["mean"] - np.mean(errors)) < 1e-3
-    assert (tmp_path / "out" / "ablation.png").exists()
-    assert not list(runs.glob("*/interpolate_*"))  # the ablation writes only its own files
-    assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
-    assert_one_line_error(run_script("analyze.py", "ablation", "--runs", str(runs / "not-a-run"), "--out", str(tmp_path)))
+    groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
+    assert {label: group["seeds"] for label, group in groups.items()} == {
+        "lte_dim=3, lte_noise=0.02": [0, 1], "lte_dim=3, lte_noise=0.0": [0, 1], "lte_dim=8, lte_noise=0.02": [0]}
+    paper = groups["lte_dim=3, lte_noise=0.02"]["final_error"]
+    assert paper["values"] == [0.70, 0.50] and abs(paper["mean"] - 0.60) < 1e-9
+    assert (paper["mean_low"], paper["mean_high"]) == (0.50, 0.70)
 
 
 def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
@@ -1959,7 +1960,7 @@ def test_analyze_bad_inputs(case, analyze_checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("script, args", [("train.py", []), ("adapt.py", []), ("envs.py", []), ("analyze.py", [])]
-                         + [("analyze.py", [name]) for name in (*analyze.SUBCOMMANDS, "ablation", "seeds", "all")])
+                         + [("analyze.py", [name]) for name in (*analyze.SUBCOMMANDS, "seeds", "all")])
 def test_every_help_prints_usage(script, args):
     """--help of every script and subcommand prints its usage (a '%' in a docstring once broke it)."""
     result = run_script(script, *args, "--help")
