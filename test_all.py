@@ -1329,18 +1329,24 @@ def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_p
     assert not list(root.glob("*/interpolate_*"))  # measuring writes nothing beside the runs
 
 
+def write_run_log(folder, name: str, config: dict, errors: list) -> None:
+    """A train.py run as `analyze.py seeds` reads it, without training: folder/NAME.json
+    (its config and budget) and folder/NAME.csv (one evaluation per mean error)."""
+    folder.mkdir()
+    (folder / f"{name}.json").write_text(json.dumps({"config": config, "epochs": len(errors), "updates": 10 * len(errors),
+                                                     "wall_clock_s": float(len(errors))}))
+    rows = "".join(f"{i},{100 * i},{float(i)},-5.0,{error}\n" for i, error in enumerate(errors, 1))
+    (folder / f"{name}.csv").write_text("epoch,env_steps,wall_clock_s,mean_return,mean_error\n" + rows)
+
+
 def test_seeds_reads_a_run_saved_before_a_field_existed_as_what_it_ran_with(tmp_path):
     """A run whose .json predates `actor_every` ran with every-update actor steps: it
     groups with a run that says actor_every=1, apart from one with actor_every=2."""
-    header = "epoch,env_steps,wall_clock_s,mean_return,mean_error\n"
     for name, changes in (("old", {}), ("new", {"actor_every": 1, "seed": 1}), ("delayed", {"actor_every": 2})):
         config = {**asdict(Config()), **changes}
         if name == "old":
             del config["actor_every"]
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "run.json").write_text(json.dumps({"config": config, "epochs": 1, "updates": 10,
-                                                              "wall_clock_s": 1.0}))
-        (tmp_path / name / "run.csv").write_text(header + f"1,100,1.0,-5.0,{len(name) / 10}\n")
+        write_run_log(tmp_path / name, "run", config, [len(name) / 10])
     result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "100")
     assert result.returncode == 0, result.stderr
     groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
@@ -1895,15 +1901,11 @@ def test_seeds_groups_an_ablation_of_two_fields_and_two_seeds_into_their_range(t
     into one folder): each setting is a group labelled by every field that varies,
     its seeds in order, and with two seeds the 95% bootstrap interval of the mean is
     the seeds' own range (as the README's ablation table reads it)."""
-    header = "epoch,env_steps,wall_clock_s,mean_return,mean_error\n"
     settings = {"a0": (0.02, 3, 0, 0.70), "a1": (0.02, 3, 1, 0.50), "b0": (0.0, 3, 0, 0.90), "b1": (0.0, 3, 1, 0.80),
                 "c0": (0.02, 8, 0, 0.60)}
     for name, (noise, dim, seed, error) in settings.items():
         config = {**asdict(Config()), "lte_noise": noise, "lte_dim": dim, "seed": seed}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "halfcheetah-vel.json").write_text(json.dumps({"config": config, "epochs": 2, "updates": 20,
-                                                                          "wall_clock_s": 2.0}))
-        (tmp_path / name / "halfcheetah-vel.csv").write_text(header + f"1,100,1.0,-9.0,2.0\n2,200,2.0,-5.0,{error}\n")
+        write_run_log(tmp_path / name, "halfcheetah-vel", config, [2.0, error])
     result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "200")
     assert result.returncode == 0, result.stderr
     groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
