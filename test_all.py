@@ -11,6 +11,7 @@ few checks only a fresh process can make use `run_process`.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -529,22 +530,44 @@ def test_delayed_actor_steps_the_actor_and_temperature_on_every_kth_update():
         assert {"critic_loss", "actor_loss", "alpha", "alpha_loss", "q", "entropy"} <= set(out)
 
 
-def test_critic_layer_norm_normalises_every_hidden_layer():
-    sac = tiny_sac(critic_layer_norm=True)
-    seen = []
-    hook = lambda module, inputs, output: seen.append(output)
-    handles = [layer.register_forward_hook(hook) for layer in sac.critic.layers[1:]]
+def test_crossq_critics_normalise_each_layer_over_the_joint_batch_and_have_no_target():
+    sac = tiny_sac(crossq=True)
+    assert sac.optimizer.param_groups[0]["betas"][0] == 0.5
+    inputs = []
+    handles = [layer.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for layer in sac.critic.layers]
     batch = random_batch()
-    sac.critic(batch["obs"], batch["action"], batch["task"])
+    target0 = [p.clone() for p in sac.target_critic.parameters()]
+    sac.update(batch)
     for h in handles:
         h.remove()
-    # the input of layer i + 1 is relu(layer_norm(output of layer i)): check the layer norm through layer 1's input
-    first = sac.critic.layers[0](torch.cat([batch["obs"], batch["action"], F.one_hot(batch["task"], 4).float()], -1)
-                                 .unsqueeze(0).expand(2, -1, -1))
-    normalised = (first - first.mean(-1, keepdim=True)) / torch.sqrt(first.var(-1, unbiased=False, keepdim=True) + 1e-5)
-    expected_second = sac.critic.layers[1](F.relu(normalised))
-    torch.testing.assert_close(seen[0], expected_second, rtol=1e-4, atol=1e-5)
-    assert not tiny_sac().critic.layer_norm and sac.update(batch)["critic_loss"].isfinite()
+    # the critic loss's pass is the first over 2B rows: every layer's input is batch-normalised over them
+    joint = [x for x in inputs if x.shape[1] == 2 * len(batch["obs"])][:len(sac.critic.layers)]
+    assert len(joint) == len(sac.critic.layers)
+    for x in joint:
+        torch.testing.assert_close(x.mean(1), torch.zeros_like(x.mean(1)), atol=1e-5, rtol=0)
+        # unit variance but for the epsilon in var + 1e-3 (a small-variance ReLU feature reads a little below 1)
+        assert ((x.var(1, unbiased=False) - 1).abs() < 0.05).all()
+    assert all(torch.equal(a, b) for a, b in zip(target0, sac.target_critic.parameters()))  # no Polyak step
+    assert int(sac.critic.renorm_batches) == 1 and sac.critic.running_mean0.abs().sum() > 0
+    # past the warm-up, batch renormalisation gives the running-statistics output (r and d carry the
+    # difference) while the gradient still flows through the batch's statistics
+    critic = sac.critic
+    critic.RENORM_MOMENTUM = 1.0  # running statistics := this batch's (still plain batch normalisation) ...
+    critic(batch["obs"], batch["action"], batch["task"], batch_stats=True)
+    del critic.RENORM_MOMENTUM
+    critic.renorm_batches.fill_(critic.RENORM_WARMUP + 1)  # ... then moved off them, within r's and d's clips
+    last = len(critic.layers) - 1  # (an earlier layer's shift would move a near-dead feature's d past its clip)
+    getattr(critic, f"running_mean{last}").add_(0.2 * getattr(critic, f"running_var{last}").sqrt())
+    getattr(critic, f"running_var{last}").mul_(1.5)
+    state = copy.deepcopy(critic.state_dict())
+    running = critic(batch["obs"], batch["action"], batch["task"])
+    renormalised = critic(batch["obs"], batch["action"], batch["task"], batch_stats=True)
+    torch.testing.assert_close(renormalised, running, rtol=1e-4, atol=1e-4)
+    critic.load_state_dict(state)
+    critic.renorm_batches.fill_(0)  # in the warm-up the same batch is plainly batch-normalised: another output
+    assert (critic(batch["obs"], batch["action"], batch["task"], batch_stats=True) - running).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="CrossQ"):
+        ReferenceSAC(tiny_sac(crossq=True, actor_every=1))
 
 
 def test_paper_preset_is_the_papers_algorithm():
@@ -554,7 +577,7 @@ def test_paper_preset_is_the_papers_algorithm():
         ant = family == "ant-dir"
         assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
         assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
-        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critic_layer_norm, cfg.reward_scale) == (False, 1, False, 1.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.crossq, cfg.reward_scale) == (False, 1, False, 1.0)
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
@@ -563,6 +586,10 @@ def test_paper_preset_is_the_papers_algorithm():
     old = train.saved_config({"env": "hopper-vel", "lr": 1e-3, "not_a_field": 1})
     assert (old.actor_every, old.alpha_per_task, old.lr, old.env) == (1, False, 1e-3, "hopper-vel")
     assert train.saved_config(asdict(train.preset("fast", "ant-dir"))) == train.preset("fast", "ant-dir")
+    # ... and one made with an option since removed is refused, not rebuilt without it
+    assert train.saved_config({"env": "hopper-vel", "critic_layer_norm": False}).env == "hopper-vel"
+    with pytest.raises(policy_module.CheckpointError, match="critic_layer_norm=True.*no longer"):
+        train.saved_config({"env": "hopper-vel", "critic_layer_norm": True})
 
 
 def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():
