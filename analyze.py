@@ -49,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import adapt  # noqa: E402
 import envs  # noqa: E402
 import policy as policy_lib  # noqa: E402
 import train  # noqa: E402
@@ -862,11 +863,16 @@ RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seed
 SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
                 "final_return": "final mean return", "best_return": "best mean return"}
 MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
+MEASURE_PREFIXES = {"r2 ": "interpolation R² ", "adapt ": "adaptation error "}
 
 
 def measure_title(key: str) -> str:
-    """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4"."""
-    return MEASURE_TITLES.get(key) or key.replace("r2 ", "interpolation R² ", 1)
+    """A run_measures key as a column title: "r2 3->4" reads "interpolation R² 3->4",
+    "adapt 3.6" reads "adaptation error 3.6"."""
+    if key in MEASURE_TITLES:
+        return MEASURE_TITLES[key]
+    prefix = next((p for p in MEASURE_PREFIXES if key.startswith(p)), "")
+    return MEASURE_PREFIXES.get(prefix, "") + key[len(prefix):]
 
 
 def measured_keys(groups: dict) -> list:
@@ -877,9 +883,13 @@ def measured_keys(groups: dict) -> list:
 def run_measures(policy, args) -> dict:
     """A checkpoint's claims measured afresh (no files): the family's error measure
     on --episodes deterministic episodes per training task from fresh resets (as
-    `evaluate`: "error", "worst_error", "fell") and, for an EAR policy, the
+    `evaluate`: "error", "worst_error", "fell"); for an EAR policy, the
     interpolation R^2 against the targets (nlerp, deterministic actions, as
-    `interpolate`: "r2 A->B") of the family's own pairs."""
+    `interpolate`: "r2 A->B") of the family's own pairs; and with --adapt-budget,
+    the error after few-shot adaptation to each of the family's unseen test tasks
+    ("adapt T": `adapt.py --task T`, the bracket search in the embedding space with
+    that many episodes, then --episodes deterministic ones, adaptation seed 0; the
+    plain multi-task baseline searches its task-input space the same way)."""
     family = policy.env_name
     measure = _family_measure(family, _fresh_evaluation(policy, args))
     numbers = {k: measure[k] for k in ("error", "worst_error", "fell")}
@@ -887,6 +897,9 @@ def run_measures(policy, args) -> dict:
         pairs = interpolation_pairs(policy, family, envs.FAMILIES[family].pairs, [])
         for name, pair in interpolation(policy, family, pairs, args).items():
             numbers[f"r2 {name}"] = pair["nlerp_deterministic"]["r2_targets"]
+    for task in envs.FAMILIES[family].test_tasks if args.adapt_budget else ():
+        report = adapt.adapt(policy, task, "bracket", args.adapt_budget, seed=0, eval_episodes=args.episodes)
+        numbers[f"adapt {envs.task_label(task)}"] = math.nan if report["error"] is None else report["error"]
     return numbers
 
 
@@ -894,8 +907,12 @@ def draw_over_seeds(groups: dict, columns: dict, title: str, path: str) -> None:
     """Per column (a panel titled by `columns`), a bar per group (mean over its seeds)
     with its seeds as dots; groups[label][column] holds "values" (a group without
     the column gets no bar)."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
-    for ax, (column, panel) in zip(axes[0], columns.items()):
+    ncols = min(5, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.set_axis_off()
+    for ax, (column, panel) in zip(axes.flat, columns.items()):
         for g, stats in enumerate(groups.values()):
             values = np.asarray(stats.get(column, {}).get("values", []), dtype=float)
             if np.isfinite(values).any():
@@ -980,9 +997,11 @@ def seeds(args) -> dict:
     the mean of each run's last --last evaluations, default 1). With --evaluate,
     each run's saved policy (NAME.pt) is also measured afresh, as `evaluate` and
     `interpolate` measure the shipped ones: the family's error measure on --episodes
-    deterministic episodes per training task, falls, and for EAR the interpolation
-    R^2 against the targets (nlerp, deterministic) of the family's pairs; these get
-    the same statistics over seeds and a figure of their own, seeds_measures.png.
+    deterministic episodes per training task, falls, for EAR the interpolation
+    R^2 against the targets (nlerp, deterministic) of the family's pairs, and the
+    error after adapting to each of the family's unseen test tasks as `adapt.py
+    --task T` does (--adapt-budget search episodes); these get the same statistics
+    over seeds and a figure of their own, seeds_measures.png.
     Writes seeds.md, seeds.csv and seeds.png into that folder (or --out).
     """
     runs = find_runs(args.runs)
@@ -1408,6 +1427,9 @@ def build_parser() -> ArgumentParser:
             p.add_argument("--reps", type=_at_least(int, 100), default=2000, help="bootstrap resamples")
             p.add_argument("--evaluate", action="store_true", help="also measure each run's saved policy afresh "
                            "(error, falls, interpolation R^2)%(default).0s")
+            p.add_argument("--adapt-budget", type=_at_least(int, 0), default=45, metavar="EPISODES",
+                           help="with --evaluate, also adapt each run's policy to the family's unseen test tasks "
+                                "with this many search episodes (0: no adaptation)")
             p.add_argument("--last", type=_at_least(int), default=1,
                            help="final = the mean of each run's last LAST evaluations (2-episode evaluations are noisy)")
             p.set_defaults(out=None)  # the sweep's own folder

@@ -223,67 +223,25 @@ class TwinCritic(nn.Module):
     """Q1 and Q2 on [obs, action, onehot(task)], both in one batched computation.
 
     forward returns (2, B). With `detach=True` gradients reach the inputs (the
-    action, for the actor loss) but not the critic's weights.
+    action, for the actor loss) but not the critic's weights."""
 
-    `batch_renorm=True` is CrossQ's critic (Bhatt et al., ICLR 2024): the input of
-    every linear layer is batch-renormalised (Ioffe 2017), with the statistics of
-    the batch when `batch_stats=True` (the critic loss, which also moves the running
-    statistics) and with the running statistics otherwise (the actor loss). For the
-    first RENORM_WARMUP batches it is plain batch normalisation (r = 1, d = 0), as
-    in CrossQ. No affine terms: each normalisation feeds a linear layer."""
-
-    RENORM_MOMENTUM, RENORM_R_MAX, RENORM_D_MAX, RENORM_WARMUP, RENORM_EPS = 0.01, 3.0, 5.0, 100_000, 1e-3
-
-    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, hidden=(400, 400, 400, 400), ensemble: int = 2,
-                 batch_renorm: bool = False):
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, hidden=(400, 400, 400, 400), ensemble: int = 2):
         super().__init__()
-        self.num_tasks, self.batch_renorm = num_tasks, batch_renorm
+        self.num_tasks = num_tasks
         sizes = [obs_dim + act_dim + num_tasks, *hidden, 1]
         self.layers = nn.ModuleList(
             StackedLinear(ensemble, sizes[i], sizes[i + 1], last=i == len(sizes) - 2) for i in range(len(sizes) - 1))
         self.ensemble = ensemble
-        if batch_renorm:
-            for i, size in enumerate(sizes[:-1]):
-                self.register_buffer(f"running_mean{i}", torch.zeros(ensemble, 1, size))
-                self.register_buffer(f"running_var{i}", torch.ones(ensemble, 1, size))
-            self.register_buffer("renorm_batches", torch.zeros((), dtype=torch.long))
 
-    def forward(self, obs, action, task, detach: bool = False, batch_stats: bool = False) -> torch.Tensor:
+    def forward(self, obs, action, task, detach: bool = False) -> torch.Tensor:
         # num_tasks = 0: no task input (PEARL's critics see the task only through z in obs)
         onehot = [F.one_hot(task, self.num_tasks).to(obs.dtype)] if self.num_tasks else []
         x = torch.cat([obs, action, *onehot], dim=-1).unsqueeze(0).expand(self.ensemble, -1, -1)
-        if self.batch_renorm and batch_stats:
-            self.renorm_batches += 1
         for i, layer in enumerate(self.layers):
-            if self.batch_renorm:
-                x = self.renorm(i, x, batch_stats)
             x = layer(x, detach)
             if i < len(self.layers) - 1:
                 x = F.relu_(x)
         return x.squeeze(-1)
-
-    def renorm(self, i: int, x: torch.Tensor, batch_stats: bool) -> torch.Tensor:
-        """Batch renormalisation of layer i's input, per critic and feature:
-        (x - mu_B) / sigma_B * r + d with r = sigma_B / sigma, d = (mu_B - mu) / sigma
-        (r and d clipped and without gradient)."""
-        mean, var = getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}")
-        std = (var + self.RENORM_EPS).sqrt()
-        xf = x.float()
-        if not batch_stats:
-            return torch.addcmul(-mean / std, xf, 1 / std).to(x.dtype)
-        batch_mean = xf.mean(1, keepdim=True)
-        centred = xf - batch_mean
-        batch_var = (centred * centred).mean(1, keepdim=True)  # two passes: torch.var_mean is ~20x slower on CPUs
-        batch_std = (batch_var + self.RENORM_EPS).sqrt()
-        renorming = (self.renorm_batches > self.RENORM_WARMUP).float()  # a tensor: no host synchronisation
-        r = (batch_std.detach() / std).clamp(1 / self.RENORM_R_MAX, self.RENORM_R_MAX)
-        d = ((batch_mean.detach() - mean) / std).clamp(-self.RENORM_D_MAX, self.RENORM_D_MAX)
-        r, d = 1 + renorming * (r - 1), renorming * d
-        normalised = torch.addcmul(d, centred, r / batch_std)
-        with torch.no_grad():
-            mean.lerp_(batch_mean, self.RENORM_MOMENTUM)
-            var.lerp_(batch_var, self.RENORM_MOMENTUM)
-        return normalised.to(x.dtype)
 
 
 def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
@@ -292,8 +250,7 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
                     task_hidden=cfg["task_hidden"], decoder_hidden=cfg["decoder_hidden"],
                     lse_dim=cfg["lse_dim"], lte_dim=cfg["lte_dim"], baseline=cfg["baseline"],
                     baseline_hidden=cfg["baseline_hidden"])
-    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"],
-                        batch_renorm=cfg.get("crossq", False))
+    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"])
     return policy, critic
 
 

@@ -44,12 +44,6 @@ Hyperparameters (config fields in train.py):
     actor_every 1     steps 1 and 4 (temperature, actor) run on every that-many-th
                       update only; the critics step on every update (a delayed
                       actor, as in TD3; 1 = the paper's)
-    crossq False      CrossQ's critics (Bhatt et al., ICLR 2024) instead of target
-                      critics: batch-renormalised critics (policy.TwinCritic), no
-                      Qbar and no step 6; steps 2-3 evaluate Q_i on (o, a) and
-                      (o', a') in one pass over the joint batch, so both halves share
-                      its normalisation statistics, and y uses the stop-gradient of
-                      min_i Q_i(o', a'); Adam's beta_1 = 0.5 as in CrossQ
     batch_per_task    task-balanced batch: that many transitions of every task
                       (paper 128 x T = 1280; Ant 80 x 24 = 1920)
     replay_per_task   per-task FIFO capacity (paper 1e6 / T)
@@ -246,12 +240,10 @@ class SAC:
         self.grad_clip, self.lte_noise = cfg["grad_clip"], cfg["lte_noise"]
         self.reward_scale = cfg["reward_scale"]
         self.actor_every = cfg.get("actor_every", 1)
-        self.crossq = cfg.get("crossq", False)
         fused = torch.device(device).type in ("cpu", "cuda")  # elsewhere (mps, ...) the foreach Adam
-        betas = (0.5, 0.999) if self.crossq else (0.9, 0.999)
         self.optimizer = torch.optim.Adam(list(policy.parameters()) + list(critic.parameters()),
-                                          lr=cfg["lr"], betas=betas, fused=fused)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"], betas=betas)
+                                          lr=cfg["lr"], fused=fused)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg["lr"])
         self.actor_modules = policy.parts()
         self.critic_params = list(critic.parameters())
         self.target_params = list(self.target_critic.parameters())
@@ -303,10 +295,9 @@ class SAC:
         clip_grad_norms_(self.gradient_groups(), self.grad_clip)
         self.optimizer.step()
 
-        # 6. Polyak averaging of the target critics, all tensors at once (CrossQ has none)
-        if not self.crossq:
-            with torch.no_grad():
-                torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
+        # 6. Polyak averaging of the target critics, all tensors at once
+        with torch.no_grad():
+            torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
         return {"critic_loss": critic_loss.detach() / 2, **self.last_actor_stats,
                 "alpha": temperatures.mean(), "q": q.detach().mean()}
 
@@ -333,18 +324,11 @@ class SAC:
         reward = self.reward_scale * batch["reward"]
         with torch.no_grad(), self.autocast():
             next_action, next_log_prob = self.policy(batch["next_obs"], task)
-            if not self.crossq:
-                next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
-        with self.autocast():
-            if self.crossq:  # one pass over [(o, a); (o', a')], normalised by the joint batch's statistics
-                joint = self.critic(torch.cat([obs, batch["next_obs"]]), torch.cat([action, next_action]),
-                                    torch.cat([task, task]), batch_stats=True).float()
-                q, next_q = joint.split(len(obs), dim=1)
-                next_q = next_q.detach().min(0).values
-            else:
-                q = self.critic(obs, action, task).float()
+            next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
             target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
+        with self.autocast():
             # the sum of the two critics' MSE: each critic gets its own gradient
+            q = self.critic(obs, action, task).float()
             loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
         return loss, q
 
@@ -381,8 +365,8 @@ class ReferenceSAC:
     fp32, one shared temperature and an actor step on every update (the paper's)."""
 
     def __init__(self, sac: SAC):
-        if sac.log_alpha.dim() or sac.actor_every != 1 or sac.crossq:
-            raise ValueError("ReferenceSAC is the paper's update: one shared alpha, actor_every=1, no CrossQ critics")
+        if sac.log_alpha.dim() or sac.actor_every != 1:
+            raise ValueError("ReferenceSAC is the paper's update: one shared alpha and actor_every=1")
         self.policy = copy.deepcopy(sac.policy)
         self.critics = [self._member(sac.critic, i) for i in range(sac.critic.ensemble)]
         self.targets = [self._member(sac.target_critic, i) for i in range(sac.critic.ensemble)]

@@ -11,7 +11,6 @@ few checks only a fresh process can make use `run_process`.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
@@ -530,46 +529,6 @@ def test_delayed_actor_steps_the_actor_and_temperature_on_every_kth_update():
         assert {"critic_loss", "actor_loss", "alpha", "alpha_loss", "q", "entropy"} <= set(out)
 
 
-def test_crossq_critics_normalise_each_layer_over_the_joint_batch_and_have_no_target():
-    sac = tiny_sac(crossq=True)
-    assert sac.optimizer.param_groups[0]["betas"][0] == 0.5
-    inputs = []
-    handles = [layer.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for layer in sac.critic.layers]
-    batch = random_batch()
-    target0 = [p.clone() for p in sac.target_critic.parameters()]
-    sac.update(batch)
-    for h in handles:
-        h.remove()
-    # the critic loss's pass is the first over 2B rows: every layer's input is batch-normalised over them
-    joint = [x for x in inputs if x.shape[1] == 2 * len(batch["obs"])][:len(sac.critic.layers)]
-    assert len(joint) == len(sac.critic.layers)
-    for x in joint:
-        torch.testing.assert_close(x.mean(1), torch.zeros_like(x.mean(1)), atol=1e-5, rtol=0)
-        # unit variance but for the epsilon in var + 1e-3 (a small-variance ReLU feature reads a little below 1)
-        assert ((x.var(1, unbiased=False) - 1).abs() < 0.05).all()
-    assert all(torch.equal(a, b) for a, b in zip(target0, sac.target_critic.parameters()))  # no Polyak step
-    assert int(sac.critic.renorm_batches) == 1 and sac.critic.running_mean0.abs().sum() > 0
-    # past the warm-up, batch renormalisation gives the running-statistics output (r and d carry the
-    # difference) while the gradient still flows through the batch's statistics
-    critic = sac.critic
-    critic.RENORM_MOMENTUM = 1.0  # running statistics := this batch's (still plain batch normalisation) ...
-    critic(batch["obs"], batch["action"], batch["task"], batch_stats=True)
-    del critic.RENORM_MOMENTUM
-    critic.renorm_batches.fill_(critic.RENORM_WARMUP + 1)  # ... then moved off them, within r's and d's clips
-    last = len(critic.layers) - 1  # (an earlier layer's shift would move a near-dead feature's d past its clip)
-    getattr(critic, f"running_mean{last}").add_(0.2 * getattr(critic, f"running_var{last}").sqrt())
-    getattr(critic, f"running_var{last}").mul_(1.5)
-    state = copy.deepcopy(critic.state_dict())
-    running = critic(batch["obs"], batch["action"], batch["task"])
-    renormalised = critic(batch["obs"], batch["action"], batch["task"], batch_stats=True)
-    torch.testing.assert_close(renormalised, running, rtol=1e-4, atol=1e-4)
-    critic.load_state_dict(state)
-    critic.renorm_batches.fill_(0)  # in the warm-up the same batch is plainly batch-normalised: another output
-    assert (critic(batch["obs"], batch["action"], batch["task"], batch_stats=True) - running).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="CrossQ"):
-        ReferenceSAC(tiny_sac(crossq=True, actor_every=1))
-
-
 def test_paper_preset_is_the_papers_algorithm():
     paper_epochs = {"halfcheetah-vel": 4000, "halfcheetah-runjump": 4000, "hopper-vel": 5000, "walker-vel": 5000, "ant-dir": 10000}
     for family, epochs in paper_epochs.items():
@@ -577,7 +536,7 @@ def test_paper_preset_is_the_papers_algorithm():
         ant = family == "ant-dir"
         assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
         assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
-        assert (cfg.alpha_per_task, cfg.actor_every, cfg.crossq, cfg.reward_scale) == (False, 1, False, 1.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.reward_scale) == (False, 1, 1.0)
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
@@ -586,10 +545,14 @@ def test_paper_preset_is_the_papers_algorithm():
     old = train.saved_config({"env": "hopper-vel", "lr": 1e-3, "not_a_field": 1})
     assert (old.actor_every, old.alpha_per_task, old.lr, old.env) == (1, False, 1e-3, "hopper-vel")
     assert train.saved_config(asdict(train.preset("fast", "ant-dir"))) == train.preset("fast", "ant-dir")
-    # ... and one made with an option since removed is refused, not rebuilt without it
-    assert train.saved_config({"env": "hopper-vel", "critic_layer_norm": False}).env == "hopper-vel"
-    with pytest.raises(policy_module.CheckpointError, match="critic_layer_norm=True.*no longer"):
-        train.saved_config({"env": "hopper-vel", "critic_layer_norm": True})
+
+
+def test_a_run_made_with_a_removed_option_is_refused_not_rebuilt_without_it():
+    for field in train.REMOVED_FIELDS:
+        assert not hasattr(train.Config(), field)
+        assert train.saved_config({"env": "hopper-vel", field: False}).env == "hopper-vel"
+        with pytest.raises(policy_module.CheckpointError, match=f"{field}=True.*no longer"):
+            train.saved_config({"env": "hopper-vel", field: True})
 
 
 def test_clipping_matches_clip_grad_norm_per_module_and_per_critic():
@@ -1339,16 +1302,21 @@ def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_p
     measure the shipped ones, then the same statistics over seeds."""
     root, _, _ = sweep_runs
     result = run_script("analyze.py", "seeds", "--runs", str(root), "--out", str(tmp_path), "--evaluate", "--reps", "100",
-                        *tiny_budget("seeds"))
+                        "--adapt-budget", "1", *tiny_budget("seeds"))
     assert result.returncode == 0, result.stderr
     rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "seeds.csv"))}
-    assert len(rows) == 4 and all({"error", "worst_error", "fell", "r2 0.8->1", "r2 0.4->1.6"} <= set(row) for row in rows.values())
+    adapted = [f"adapt {envs.task_label(task)}" for task in envs.FAMILIES["hopper-vel"].test_tasks]
+    measured = ["error", "worst_error", "fell", "r2 0.8->1", "r2 0.4->1.6", *adapted]
+    assert len(rows) == 4 and all(set(measured) <= set(row) for row in rows.values())
     run = "seed=1,lte_noise=0.02/hopper-vel"
     loaded = policy_module.load(str(root / (run + ".pt")))
     again = train.evaluate(loaded, envs.make("hopper-vel", tasks=loaded.tasks, seed=10_000), 1, seed=10_000)
     assert abs(float(rows[run]["error"]) - again["mean_error"]) < 1e-3  # the fresh evaluation of `evaluate`
+    task = envs.FAMILIES["hopper-vel"].test_tasks[0]  # ... and adaptation as adapt.py --task runs it
+    adapted_again = adapt.adapt(loaded, task, "bracket", 1, seed=0, eval_episodes=1)
+    assert abs(float(rows[run][adapted[0]]) - adapted_again["error"]) < 1e-3
     group = json.loads((tmp_path / "summary.json").read_text())["seeds"]["lte_noise=0.02"]
-    assert group["measured"] == ["error", "worst_error", "fell", "r2 0.8->1", "r2 0.4->1.6"]
+    assert group["measured"] == measured
     per_seed = [float(r["error"]) for name, r in sorted(rows.items()) if "lte_noise=0.02/" in name]
     np.testing.assert_allclose(group["error"]["values"], per_seed, atol=1e-3)
     assert "fresh mean error (mean [95% CI]; per seed)" in (tmp_path / "seeds.md").read_text()

@@ -98,7 +98,6 @@ class Config:
     grad_clip: float = 10.0
     alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
     actor_every: int = 2  # actor and temperature step once every that many critic steps (the paper's: 1; README, "Levers")
-    crossq: bool = False  # CrossQ's batch-renormalised critics without target critics (sac.py; not in the paper)
     reward_scale: float = 1.0
     batch_per_task: int = 32
     replay_per_task: int = 100_000
@@ -118,11 +117,11 @@ class Config:
 
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
-ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0, "crossq": False}
+ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0}
 
 
 # Options removed after their pilots showed no gain (README, "Levers"): a run made with one on cannot be rebuilt.
-REMOVED_FIELDS = {"critic_layer_norm": False, "obs_norm": False}
+REMOVED_FIELDS = {"critic_layer_norm": False, "obs_norm": False, "crossq": False}
 
 
 def saved_config(saved: dict) -> Config:
@@ -754,8 +753,6 @@ def validate(cfg: Config) -> None:
         raise ValueError("--baseline and --pearl are two different baselines; pass one of them")
     if cfg.pearl and cfg.alpha_per_task:
         raise ValueError("PEARL has no task id for a temperature per task; drop --set alpha_per_task=true")
-    if cfg.pearl and cfg.crossq:
-        raise ValueError("PEARL keeps its target critics; drop --set crossq=true")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.device != "cpu" and cfg.device != "mps" and not cfg.device.startswith("cuda"):
