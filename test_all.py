@@ -624,6 +624,26 @@ def test_threads_default_to_every_usable_core(tmp_path):
     assert trainer.cfg.threads == torch.get_num_threads() == 1
 
 
+def test_the_learning_rate_is_cosine_annealed_to_its_end_fraction_by_the_last_epoch(tmp_path):
+    cfg = train.Config(env="hopper-vel", replay_per_task=100, epochs=5, lr=1e-3, lr_end_fraction=0.1, warmup_epochs=1,
+                       steps_per_epoch=2, updates_per_epoch=1, eval_every=100, eval_episodes=1, checkpoint_every=100,
+                       **TINY_SIZES)
+    seen = []
+
+    class Recording(train.Trainer):
+        def update(self):
+            seen.append([group["lr"] for opt in (self.sac.optimizer, self.sac.alpha_optimizer) for group in opt.param_groups])
+            return super().update()
+
+    Recording(cfg, str(tmp_path), "lr", progress=False).train()
+    expected = [1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * e / 4))) for e in range(5)]  # 1e-3 ... 1e-4
+    np.testing.assert_allclose([lrs[0] for lrs in seen], expected, rtol=1e-9)
+    assert all(len(set(lrs)) == 1 for lrs in seen)  # actor, critics and temperature alike
+    assert train.Config().lr_end_fraction == train.preset("paper", "ant-dir").lr_end_fraction == 1.0
+    with pytest.raises(ValueError, match="lr_end_fraction"):
+        train.validate(train.Config(lr_end_fraction=1.5))
+
+
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 

@@ -95,6 +95,7 @@ class Config:
     gamma: float = 0.99
     tau: float = 0.005
     lr: float = 2e-3  # the paper uses 3e-4: far slower here (README, "Choosing the fast preset")
+    lr_end_fraction: float = 1.0  # cosine-anneal lr to lr x this by the last epoch (1 = constant, the paper's)
     grad_clip: float = 10.0
     alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
     actor_every: int = 2  # actor and temperature step once every that many critic steps (the paper's: 1; README, "Levers")
@@ -117,7 +118,7 @@ class Config:
 
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
-ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0}
+ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0, "lr_end_fraction": 1.0}
 
 
 # Options removed after their pilots showed no gain (README, "Levers"): a run made with one on cannot be rebuilt.
@@ -320,6 +321,19 @@ class Trainer:
         """All epochs done, or the wall-clock budget (`minutes`) spent."""
         return self.epoch >= self.cfg.epochs or 0 < self.cfg.minutes * 60 <= self.wall_clock
 
+    def anneal_learning_rate(self) -> None:
+        """This epoch's step size: cosine annealing (Loshchilov and Hutter, 2017) from lr at
+        the first epoch to lr x lr_end_fraction at the last (`epochs`; a run extended
+        by --resume --epochs follows the new length); 1 keeps lr, as the paper does."""
+        end = self.cfg.lr_end_fraction
+        if end == 1:
+            return
+        progress = min(self.epoch / max(self.cfg.epochs - 1, 1), 1.0)
+        lr = self.cfg.lr * (end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress)))
+        for optimizer in (self.sac.optimizer, self.sac.alpha_optimizer):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
     def update(self) -> list[dict]:
         """`updates_per_epoch` SAC updates (sac.py) on task-balanced batches; their losses."""
         losses = [self.sac.update(self.replay.sample(self.cfg.batch_per_task, self.generator))
@@ -340,6 +354,7 @@ class Trainer:
             with _signals_interrupt():
                 while not self.finished():
                     self.collect(cfg.steps_per_epoch)
+                    self.anneal_learning_rate()
                     losses = self.update()
                     self.epoch += 1
                     self.wall_clock = time.perf_counter() - start
@@ -745,6 +760,8 @@ def validate(cfg: Config) -> None:
     for key in ("lr", "tau", "grad_clip", "reward_scale"):
         if not getattr(cfg, key) > 0:
             raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if not 0 <= cfg.lr_end_fraction <= 1:
+        raise ValueError(f"lr_end_fraction must lie in [0, 1], got {cfg.lr_end_fraction}")
     if not 0 <= cfg.gamma < 1:
         raise ValueError(f"gamma must lie in [0, 1), got {cfg.gamma}")
     if not cfg.lte_noise >= 0:
