@@ -979,10 +979,15 @@ def _setting_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def time_to(log: dict, level: float) -> float:
-    """Wall-clock seconds at the first evaluation with mean error <= level (inf: never)."""
+def time_to(log: dict, level: float, column: str = "wall_clock_s") -> float:
+    """Wall-clock seconds (or another log column, e.g. updates) at the first evaluation
+    with mean error <= level (inf: never)."""
     reached = np.flatnonzero(log["mean_error"] <= level)
-    return float(log["wall_clock_s"][reached[0]]) if len(reached) else math.inf
+    return float(log[column][reached[0]]) if len(reached) else math.inf
+
+
+# --reach's two clocks: wall-clock (the machine's) and updates (the same on every machine)
+REACH = {"time_to": ("wall_clock_s", 60, "minutes"), "updates_to": ("updates", 1000, "thousand updates")}
 
 
 def seeds(args) -> dict:
@@ -1064,7 +1069,8 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                       "best_error": float(errors.min()) if len(errors) else math.nan,
                       "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
                       "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan,
-                      **{f"time_to_{level:g}": time_to(log, level) for level in levels}}
+                      **{f"{clock}_{level:g}": time_to(log, level, column) for level in levels
+                         for clock, (column, _, _) in REACH.items()}}
             measures = {k: float(v) for k, v in run.get("measures", {}).items()}
             per_run.append({**values, **measures})
             rows.append({"configuration": label, "run": run["run"], "seed": run["config"]["seed"],
@@ -1075,9 +1081,9 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                  "measured": list(dict.fromkeys(k for run in members for k in run.get("measures", {})))}
         for metric in (*SEED_METRICS, *group["measured"]):
             group[metric] = seed_statistics([v.get(metric, math.nan) for v in per_run], args.reps, args.seed)
-        for level in levels:
-            times = np.array([v[f"time_to_{level:g}"] for v in per_run])
-            group[f"time_to_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
+        for level, clock in ((level, clock) for level in levels for clock in REACH):
+            times = np.array([v[f"{clock}_{level:g}"] for v in per_run])
+            group[f"{clock}_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
                                            "median": float(np.median(times)), "min": float(times.min()),
                                            "max": float(times.max())}
         groups[label] = group
@@ -1086,11 +1092,13 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
 
 def seeds_table(groups: dict, reach) -> str:
     """The groups as Markdown: each metric's mean [95% interval], the per-seed final
-    errors and the minutes to each --reach level."""
+    errors and the minutes and updates to each --reach level."""
     levels = sorted(reach or [], reverse=True)
+    reaches = [(level, clock) for clock in REACH for level in levels]
     measured = measured_keys(groups)
     header = (["configuration", "runs"] + [f"{name} (mean [95% CI])" for name in SEED_METRICS.values()]
-              + ["final error per seed"] + [f"minutes to error ≤ {level:g} (median (range), else per seed)" for level in levels]
+              + ["final error per seed"]
+              + [f"{REACH[clock][2]} to error ≤ {level:g} (median (range), else per seed)" for level, clock in reaches]
               + [f"{measure_title(key)} (mean [95% CI]; per seed)" for key in measured])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, group in groups.items():
@@ -1099,10 +1107,10 @@ def seeds_table(groups: dict, reach) -> str:
             m, digits = group[metric], 3 if "error" in metric else 1
             cells.append(f"{m['mean']:.{digits}f} [{m['mean_low']:.{digits}f}, {m['mean_high']:.{digits}f}]")
         cells.append(", ".join(f"{v:.3f}" for v in group["final_error"]["values"]))
-        for level in levels:
-            t, n = group[f"time_to_{level:g}"], len(group["runs"])
-            cells.append(f"{t['median'] / 60:.1f} ({t['min'] / 60:.1f}-{t['max'] / 60:.1f})" if t["reached"] == n
-                         else ", ".join(f"{v / 60:.1f}" if math.isfinite(v) else "never" for v in t["values"])
+        for level, clock in reaches:
+            t, n, unit = group[f"{clock}_{level:g}"], len(group["runs"]), REACH[clock][1]
+            cells.append(f"{t['median'] / unit:.1f} ({t['min'] / unit:.1f}-{t['max'] / unit:.1f})" if t["reached"] == n
+                         else ", ".join(f"{v / unit:.1f}" if math.isfinite(v) else "never" for v in t["values"])
                          + f" ({t['reached']}/{n})")
         for key in measured:
             m = group.get(key)
@@ -1143,7 +1151,7 @@ def draw_seeds(groups: dict, runs: list, title: str, path: str) -> None:
 def read_log(path: str) -> dict:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    columns = ("env_steps", "wall_clock_s", "mean_return", "mean_error")
+    columns = ("env_steps", "updates", "wall_clock_s", "mean_return", "mean_error")
     try:
         return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]) for k in columns}
     except ValueError:

@@ -1311,6 +1311,8 @@ def test_seeds_aggregates_a_sweep_with_intervals_over_seeds(sweep_runs, tmp_path
             assert stats["mean_low"] <= stats["mean"] <= stats["mean_high"]
             assert abs(stats["mean_low"] - min(per_seed)) < 1e-3 and abs(stats["mean_high"] - max(per_seed)) < 1e-3
         assert group["time_to_100"]["reached"] == 2  # every error is below 100 m/s at the first evaluation
+        first = [next(csv.DictReader(open(root / (row["run"] + ".csv")))) for row in rows if row["configuration"] == label]
+        assert group["updates_to_100"]["values"] == [float(r["updates"]) for r in first]  # ... after these updates
     assert "| lte_noise=0.0 | 2 |" in (tmp_path / "seeds.md").read_text()
     assert (tmp_path / "seeds.png").stat().st_size > 0
     assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path / "nowhere")), "--runs")
