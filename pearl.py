@@ -124,7 +124,7 @@ class PearlAgent(nn.Module):
 def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
     """PEARL's agent and its twin critic on [o, z, a] (no task id)."""
     agent = PearlAgent(obs_dim, act_dim, num_tasks, hidden=cfg["baseline_hidden"])
-    critic = TwinCritic(obs_dim + LATENT_DIM, act_dim, 0, hidden=cfg["critic_hidden"])
+    critic = TwinCritic(obs_dim + LATENT_DIM, act_dim, 0, hidden=cfg["critic_hidden"], ensemble=cfg.get("critics", 2))
     return agent, critic
 
 

@@ -250,7 +250,7 @@ def build_networks(obs_dim: int, act_dim: int, num_tasks: int, cfg: dict):
                     task_hidden=cfg["task_hidden"], decoder_hidden=cfg["decoder_hidden"],
                     lse_dim=cfg["lse_dim"], lte_dim=cfg["lte_dim"], baseline=cfg["baseline"],
                     baseline_hidden=cfg["baseline_hidden"])
-    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"])
+    critic = TwinCritic(obs_dim, act_dim, num_tasks, hidden=cfg["critic_hidden"], ensemble=cfg.get("critics", 2))
     return policy, critic
 
 

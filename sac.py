@@ -44,6 +44,8 @@ Hyperparameters (config fields in train.py):
     actor_every 1     steps 1 and 4 (temperature, actor) run on every that-many-th
                       update only; the critics step on every update (a delayed
                       actor, as in TD3; 1 = the paper's)
+    critics 2         how many Q_i; every min_i above runs over all of them (2: the
+                      paper's clipped double Q; 1: a single critic and its target)
     batch_per_task    task-balanced batch: that many transitions of every task
                       (paper 128 x T = 1280; Ant 80 x 24 = 1920)
     replay_per_task   per-task FIFO capacity (paper 1e6 / T)
@@ -298,7 +300,7 @@ class SAC:
         # 6. Polyak averaging of the target critics, all tensors at once
         with torch.no_grad():
             torch._foreach_lerp_(self.target_params, self.critic_params, self.tau)
-        return {"critic_loss": critic_loss.detach() / 2, **self.last_actor_stats,
+        return {"critic_loss": critic_loss.detach() / self.critic.ensemble, **self.last_actor_stats,
                 "alpha": temperatures.mean(), "q": q.detach().mean()}
 
     def entropy_gap(self, log_prob, task) -> torch.Tensor:
@@ -319,7 +321,7 @@ class SAC:
         return groups + [[g[i] for g in critic_grads] for i in range(self.critic.ensemble)]
 
     def critic_loss(self, batch: dict, alpha):
-        """J(Q_1) + J(Q_2) against the target y (steps 2 and 3), and Q(o, a)."""
+        """sum_i J(Q_i) against the target y (steps 2 and 3), and Q(o, a)."""
         obs, action, task = batch["obs"], batch["action"], batch["task"]
         reward = self.reward_scale * batch["reward"]
         with torch.no_grad(), self.autocast():
@@ -327,7 +329,7 @@ class SAC:
             next_q = self.target_critic(batch["next_obs"], next_action, task).float().min(0).values
             target = reward + self.gamma * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob.float())
         with self.autocast():
-            # the sum of the two critics' MSE: each critic gets its own gradient
+            # the sum of the critics' MSE: each critic gets its own gradient
             q = self.critic(obs, action, task).float()
             loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
         return loss, q
@@ -365,8 +367,8 @@ class ReferenceSAC:
     fp32, one shared temperature and an actor step on every update (the paper's)."""
 
     def __init__(self, sac: SAC):
-        if sac.log_alpha.dim() or sac.actor_every != 1:
-            raise ValueError("ReferenceSAC is the paper's update: one shared alpha and actor_every=1")
+        if sac.log_alpha.dim() or sac.actor_every != 1 or sac.critic.ensemble != 2:
+            raise ValueError("ReferenceSAC is the paper's update: one shared alpha, actor_every=1, two critics")
         self.policy = copy.deepcopy(sac.policy)
         self.critics = [self._member(sac.critic, i) for i in range(sac.critic.ensemble)]
         self.targets = [self._member(sac.target_critic, i) for i in range(sac.critic.ensemble)]

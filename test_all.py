@@ -529,6 +529,27 @@ def test_delayed_actor_steps_the_actor_and_temperature_on_every_kth_update():
         assert {"critic_loss", "actor_loss", "alpha", "alpha_loss", "q", "entropy"} <= set(out)
 
 
+def test_one_critic_is_its_own_target_and_minimum():
+    """critics=1: one Q network and its target; the critic loss is that network's MSE
+    against r + gamma (Qbar - alpha log pi), with no minimum over a second critic."""
+    sac = tiny_sac(critics=1)
+    assert sac.critic.ensemble == 1 and all(p.shape[0] == 1 for p in sac.critic.parameters())
+    batch, alpha = random_batch(), torch.tensor(0.2)
+    torch.manual_seed(5)
+    loss, q = sac.critic_loss(batch, alpha)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        next_action, next_log_prob = sac.policy(batch["next_obs"], batch["task"])
+        next_q = sac.target_critic(batch["next_obs"], next_action, batch["task"])[0]
+        y = batch["reward"] + 0.99 * (1 - batch["terminal"]) * (next_q - alpha * next_log_prob)
+    torch.testing.assert_close(loss, F.mse_loss(sac.critic(batch["obs"], batch["action"], batch["task"])[0], y))
+    assert sac.update(batch)["critic_loss"].isfinite() and len(sac.gradient_groups()) == len(sac.actor_modules) + 1
+    with pytest.raises(ValueError, match="two critics"):
+        ReferenceSAC(tiny_sac(critics=1, actor_every=1))
+    with pytest.raises(ValueError, match="critics"):
+        train.validate(train.Config(critics=0))
+
+
 def test_paper_preset_is_the_papers_algorithm():
     paper_epochs = {"halfcheetah-vel": 4000, "halfcheetah-runjump": 4000, "hopper-vel": 5000, "walker-vel": 5000, "ant-dir": 10000}
     for family, epochs in paper_epochs.items():
@@ -536,7 +557,7 @@ def test_paper_preset_is_the_papers_algorithm():
         ant = family == "ant-dir"
         assert (cfg.encoder_hidden, cfg.task_hidden, cfg.decoder_hidden, cfg.critic_hidden) == ([400] * 2, [400], [400] * 4, [400] * 4)
         assert (cfg.lse_dim, cfg.lte_dim, cfg.lte_noise, cfg.gamma, cfg.tau, cfg.lr, cfg.grad_clip) == (16, 3, 0.02, 0.99, 0.005, 3e-4, 10.0)
-        assert (cfg.alpha_per_task, cfg.actor_every, cfg.reward_scale) == (False, 1, 1.0)
+        assert (cfg.alpha_per_task, cfg.actor_every, cfg.critics, cfg.reward_scale) == (False, 1, 2, 1.0)
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)

@@ -99,6 +99,7 @@ class Config:
     grad_clip: float = 10.0
     alpha_per_task: bool = False  # one learned temperature per task (multi-task SAC) instead of the paper's shared one
     actor_every: int = 2  # actor and temperature step once every that many critic steps (the paper's: 1; README, "Levers")
+    critics: int = 2  # Q networks; targets and the actor take their minimum (the paper's clipped double Q: 2)
     reward_scale: float = 1.0
     batch_per_task: int = 32
     replay_per_task: int = 100_000
@@ -118,7 +119,8 @@ class Config:
 
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
-ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0, "lr_end_fraction": 1.0}
+ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0, "lr_end_fraction": 1.0,
+                "critics": 2}
 
 
 # Options removed after their pilots showed no gain (README, "Levers"): a run made with one on cannot be rebuilt.
@@ -747,7 +749,7 @@ def parse_overrides(cfg: Config, items: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     envs.check_family(cfg.env)
     envs.training_tasks(cfg.env, cfg.task_set)
-    positive = ("actor_every", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
+    positive = ("actor_every", "critics", "epochs", "steps_per_epoch", "updates_per_epoch", "eval_every", "eval_episodes",
                 "checkpoint_every", "batch_per_task", "replay_per_task", "lse_dim", "lte_dim")
     for key in positive:
         if getattr(cfg, key) < 1:
