@@ -1894,7 +1894,7 @@ def test_curves_with_and_without_baseline(analyze_all, analyze_checkpoints, tmp_
     assert {"ear", "baseline"} <= set(curves["halfcheetah-vel"]) and "baseline" not in curves["halfcheetah-runjump"]
     assert "no baseline log" in stdout and "halfcheetah-runjump" in stdout
     rows = (out / "curves_halfcheetah-vel.csv").read_text().splitlines()
-    assert rows[0] == "run,env_steps,wall_clock_s,mean_return,mean_error" and len(rows) == 3
+    assert rows[0] == "run,env_steps,updates,wall_clock_s,mean_return,mean_error" and len(rows) == 3
 
 
 def test_render_without_opengl_says_so_and_skips(analyze_checkpoints, tmp_path, monkeypatch):
