@@ -871,8 +871,10 @@ def measure_title(key: str) -> str:
     "adapt 3.6" reads "adaptation error 3.6"."""
     if key in MEASURE_TITLES:
         return MEASURE_TITLES[key]
-    prefix = next((p for p in MEASURE_PREFIXES if key.startswith(p)), "")
-    return MEASURE_PREFIXES.get(prefix, "") + key[len(prefix):]
+    for prefix, title in MEASURE_PREFIXES.items():
+        if key.startswith(prefix):
+            return title + key[len(prefix):]
+    return key
 
 
 def measured_keys(groups: dict) -> list:
@@ -979,9 +981,9 @@ def _setting_text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def time_to(log: dict, level: float, column: str = "wall_clock_s") -> float:
-    """Wall-clock seconds (or another log column, e.g. updates) at the first evaluation
-    with mean error <= level (inf: never)."""
+def first_reached(log: dict, level: float, column: str) -> float:
+    """The log's `column` (wall_clock_s, updates) at the first evaluation with mean
+    error <= level (inf: never)."""
     reached = np.flatnonzero(log["mean_error"] <= level)
     return float(log[column][reached[0]]) if len(reached) else math.inf
 
@@ -1069,7 +1071,7 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                       "best_error": float(errors.min()) if len(errors) else math.nan,
                       "final_return": float(np.mean(log["mean_return"][last])) if len(log["mean_return"]) else math.nan,
                       "best_return": float(np.nanmax(log["mean_return"])) if len(log["mean_return"]) else math.nan,
-                      **{f"{clock}_{level:g}": time_to(log, level, column) for level in levels
+                      **{f"{clock}_{level:g}": first_reached(log, level, column) for level in levels
                          for clock, (column, _, _) in REACH.items()}}
             measures = {k: float(v) for k, v in run.get("measures", {}).items()}
             per_run.append({**values, **measures})
@@ -1081,11 +1083,10 @@ def seed_groups(runs: list, args) -> tuple[dict, list]:
                  "measured": list(dict.fromkeys(k for run in members for k in run.get("measures", {})))}
         for metric in (*SEED_METRICS, *group["measured"]):
             group[metric] = seed_statistics([v.get(metric, math.nan) for v in per_run], args.reps, args.seed)
-        for level, clock in ((level, clock) for level in levels for clock in REACH):
-            times = np.array([v[f"{clock}_{level:g}"] for v in per_run])
-            group[f"{clock}_{level:g}"] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
-                                           "median": float(np.median(times)), "min": float(times.min()),
-                                           "max": float(times.max())}
+        for key in (f"{clock}_{level:g}" for level in levels for clock in REACH):
+            times = np.array([v[key] for v in per_run])
+            group[key] = {"values": times.tolist(), "reached": int(np.isfinite(times).sum()),
+                          "median": float(np.median(times)), "min": float(times.min()), "max": float(times.max())}
         groups[label] = group
     return groups, rows
 

@@ -222,7 +222,7 @@ class StackedLinear(nn.Module):
 class TwinCritic(nn.Module):
     """Q1 and Q2 on [obs, action, onehot(task)], both in one batched computation.
 
-    forward returns (2, B). With `detach=True` gradients reach the inputs (the
+    forward returns (ensemble, B): (2, B) for the paper's twin critics. With `detach=True` gradients reach the inputs (the
     action, for the actor loss) but not the critic's weights."""
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, hidden=(400, 400, 400, 400), ensemble: int = 2):
