@@ -48,6 +48,9 @@ Hyperparameters (config fields in train.py):
                       paper's clipped double Q; 1: a single critic and its target)
     batch_per_task    task-balanced batch: that many transitions of every task
                       (paper 128 x T = 1280; Ant 80 x 24 = 1920)
+    task_focus 0      share of that batch dealt out in proportion to each task's
+                      latest evaluation error instead of evenly (`task_batch`; 0 =
+                      the paper's balanced batch)
     replay_per_task   per-task FIFO capacity (paper 1e6 / T)
     precision         "fp32", or "bf16" autocast for the matrix products (parameters,
                       log-probabilities and Adam stay fp32), or "auto": bf16 where a
@@ -100,14 +103,21 @@ class Replay:
         self.position = (self.position + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, per_task: int, generator: torch.Generator | None = None) -> dict:
-        """A task-balanced batch: `per_task` uniform draws from every task's buffer."""
+    def sample(self, per_task, generator: torch.Generator | None = None) -> dict:
+        """Uniform draws from every task's buffer: `per_task` of each task (an int, a
+        task-balanced batch), or per_task[k] of task k (a (T,) tensor of counts)."""
         oldest = self.position if self.size == self.capacity else 0
-        offset = torch.randint(0, self.size, (self.num_tasks, per_task), generator=generator, device="cpu")
-        index = ((oldest + offset) % self.capacity).to(self.data.device)
-        rows = torch.gather(self.data, 1, index.unsqueeze(-1).expand(-1, -1, self.width)).reshape(-1, self.width)
+        if isinstance(per_task, int):
+            offset = torch.randint(0, self.size, (self.num_tasks, per_task), generator=generator, device="cpu")
+            index = ((oldest + offset) % self.capacity).to(self.data.device)
+            rows = torch.gather(self.data, 1, index.unsqueeze(-1).expand(-1, -1, self.width)).reshape(-1, self.width)
+            task = torch.arange(self.num_tasks, device=self.data.device).repeat_interleave(per_task)
+        else:
+            task = torch.arange(self.num_tasks).repeat_interleave(per_task)
+            offset = torch.randint(0, self.size, (len(task),), generator=generator, device="cpu")
+            task, index = task.to(self.data.device), ((oldest + offset) % self.capacity).to(self.data.device)
+            rows = self.data[task, index]
         o, a = self.obs_dim, self.act_dim
-        task = torch.arange(self.num_tasks, device=self.data.device).repeat_interleave(per_task)
         return {"obs": rows[:, :o], "action": rows[:, o:o + a], "reward": rows[:, o + a],
                 "next_obs": rows[:, o + a + 1:2 * o + a + 1], "terminal": rows[:, -1], "task": task}
 
@@ -120,6 +130,25 @@ class Replay:
                                   f"this code {self.width}: it was written by another version; train afresh")
         self.size, self.position = int(state["size"]), int(state["position"])
         self.data[:, :self.size] = state["data"].to(self.data.device)
+
+
+def task_batch(errors, per_task: int, focus: float) -> torch.Tensor:
+    """How many transitions of each task one batch of per_task x T holds: a share
+    1 - focus task-balanced, and a share `focus` in proportion to each task's latest
+    evaluation error, so the tasks furthest from their targets are replayed more
+    (adaptive task sampling for multi-task RL). A task without an error measure
+    (jump, stand) counts as the mean task; focus 0 is the paper's balanced batch."""
+    errors = np.asarray(errors, dtype=np.float64)
+    known = np.isfinite(errors)
+    if not known.any() or errors[known].sum() <= 0:
+        return torch.full((len(errors),), per_task, dtype=torch.long)
+    errors = np.where(known, errors, errors[known].mean())
+    share = (1 - focus) / len(errors) + focus * errors / errors.sum()
+    total = per_task * len(errors)
+    counts = np.floor(share * total).astype(np.int64)
+    largest_remainders = np.argsort(counts - share * total)[:total - counts.sum()]
+    counts[largest_remainders] += 1
+    return torch.as_tensor(counts)
 
 
 def clip_grad_norms_(groups: list[list[torch.Tensor]], max_norm: float) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import adapt
 import analyze
@@ -37,7 +37,7 @@ import policy as policy_module
 import train
 from policy import build_networks, rollout
 import sac as sac_module
-from sac import SAC, ReferenceSAC, Replay, clip_grad_norms_, resolve_precision
+from sac import SAC, ReferenceSAC, Replay, clip_grad_norms_, resolve_precision, task_batch
 from train import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -745,6 +745,40 @@ def test_replay_is_task_balanced_fifo():
     assert torch.equal(batch["obs"][:, 1].long(), batch["task"])  # each task's rows from its own buffer
     assert batch["reward"].min() >= 3  # the oldest three were overwritten
 
+
+
+def test_task_focus_deals_the_batch_by_evaluation_error_and_survives_resume(tmp_path):
+    """task_batch: (1 - focus) of the batch even, focus in proportion to the error, a
+    task without an error measure as the mean task, the size exact; the replay draws
+    those counts from each task's own buffer; a trainer deals its batches by its
+    latest evaluation and restores that on --resume."""
+    counts = task_batch([0.1] * 7 + [0.3, 0.5, 1.0], 32, 0.5)
+    assert counts.sum() == 320 and counts[-1] == 80 and counts[0] == 23  # 80 = 16 + 160 * 1.0 / 2.5
+    assert torch.equal(task_batch([0.1, math.nan, 1.0], 4, 0.5), torch.tensor([2, 4, 6]))
+    assert torch.equal(task_batch([math.nan] * 3, 4, 0.5), torch.tensor([4, 4, 4]))
+    assert torch.equal(task_batch([0.2, 0.9, 0.4], 4, 0.0), torch.tensor([4, 4, 4]))
+    replay = Replay(3, 5, 2, 1)
+    for step in range(4):
+        obs = np.array([[step, task] for task in range(3)], dtype=np.float32)
+        replay.add(obs, np.zeros((3, 1)), np.full(3, step), obs + 1, np.zeros(3))
+    batch = replay.sample(torch.tensor([1, 0, 7]), torch.Generator().manual_seed(0))
+    assert torch.equal(batch["task"], torch.tensor([0, 2, 2, 2, 2, 2, 2, 2]))
+    assert torch.equal(batch["obs"][:, 1].long(), batch["task"]) and torch.equal(batch["next_obs"], batch["obs"] + 1)
+    cfg = train.Config(env="hopper-vel", replay_per_task=100, epochs=2, task_focus=0.5, batch_per_task=8,
+                       warmup_epochs=1, steps_per_epoch=5, updates_per_epoch=1, eval_every=1, eval_episodes=1,
+                       checkpoint_every=1, threads=1, **TINY_SIZES)
+    trainer = train.Trainer(cfg, str(tmp_path), "focus", progress=False)
+    trainer.train()
+    row = trainer.log_rows[-1]
+    errors = [row[f"error[{envs.task_label(task)}]"] for task in trainer.env.tasks]
+    assert torch.equal(trainer.task_counts, task_batch(errors, 8, 0.5)) and trainer.task_counts.sum() == 80
+    assert int(trainer.task_counts[int(np.argmax(errors))]) > 8 > int(trainer.task_counts[int(np.argmin(errors))])
+    resumed = train.Trainer(replace(cfg, epochs=3), str(tmp_path), "focus", progress=False)
+    resumed.resume()
+    assert torch.equal(resumed.task_counts, trainer.task_counts)
+    with pytest.raises(ValueError, match="task_focus"):
+        train.validate(train.Config(task_focus=1.0))
+    assert train.Config().task_focus == train.preset("paper", "ant-dir").task_focus == 0.0
 
 def test_sac_solves_a_small_task():
     """A contextual bandit of our own: 2 tasks, reward -(a - target_k)^2, gamma 0.

@@ -71,7 +71,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # benchmark only: se
 import envs
 from envs import ArgumentParser, fail
 from policy import CheckpointError, atomic_save, atomic_write_text, build_networks, csv_text, read_checkpoint, rollout
-from sac import SAC, ReferenceSAC, Replay, machine, resolve_precision, resolve_threads, usable_cores
+from sac import SAC, ReferenceSAC, Replay, machine, task_batch, resolve_precision, resolve_threads, usable_cores
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Config:
     critics: int = 2  # Q networks; targets and the actor take their minimum (the paper's clipped double Q: 2)
     reward_scale: float = 1.0
     batch_per_task: int = 32
+    task_focus: float = 0.0  # share of the batch dealt by each task's evaluation error (sac.task_batch); 0 = balanced
     replay_per_task: int = 100_000
     precision: str = "auto"  # bf16 autocast where the CPU multiplies bf16 natively, else fp32 (sac.resolve_precision)
     # loop (Sec. 5.1)
@@ -120,7 +121,7 @@ class Config:
 # Fields added after the first checkpoints were written: a saved config without one
 # trained with the value here (the paper's behaviour), whatever today's default is.
 ADDED_FIELDS = {"pearl": False, "alpha_per_task": False, "actor_every": 1, "minutes": 0.0, "lr_end_fraction": 1.0,
-                "critics": 2}
+                "critics": 2, "task_focus": 0.0}
 
 
 # Options removed after their pilots showed no gain (README, "Levers"): a run made with one on cannot be rebuilt.
@@ -228,6 +229,7 @@ class Trainer:
         self.sac = self.learner(policy, critic, act_dim, self.cfg_dict, device=cfg.device)
         self.replay = Replay(T, cfg.replay_per_task, obs_dim, act_dim, device=cfg.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.task_counts = cfg.batch_per_task  # per task in every batch; task_focus deals it by error
         self.epoch, self.env_steps, self.updates, self.wall_clock = 0, 0, 0, 0.0
         self.episodes_finished = 0
         self.best_return, self.log_rows = -math.inf, []
@@ -293,6 +295,8 @@ class Trainer:
         self.best_return = float(progress["best_return"])
         self.commands = list(progress.get("commands", [])) + self.commands
         self.log_rows = list(data["log"])
+        if self.log_rows:
+            self.focus_batch(self.log_rows[-1])
         self.obs = data["obs"].numpy()
         self.env.episode_step[:] = data["episode_step"].numpy()
         self.env.qpos[:] = data["env_state"]["qpos"].numpy()
@@ -337,11 +341,17 @@ class Trainer:
                 group["lr"] = lr
 
     def update(self) -> list[dict]:
-        """`updates_per_epoch` SAC updates (sac.py) on task-balanced batches; their losses."""
-        losses = [self.sac.update(self.replay.sample(self.cfg.batch_per_task, self.generator))
+        """`updates_per_epoch` SAC updates (sac.py) on batches of `task_counts`; their losses."""
+        losses = [self.sac.update(self.replay.sample(self.task_counts, self.generator))
                   for _ in range(self.cfg.updates_per_epoch)]
         self.updates += self.cfg.updates_per_epoch
         return losses
+
+    def focus_batch(self, row: dict) -> None:
+        """With task_focus > 0, deal the next batches by this evaluation's task errors."""
+        if self.cfg.task_focus > 0:
+            errors = [row.get(f"error[{envs.task_label(task)}]", math.nan) for task in self.env.tasks]
+            self.task_counts = task_batch(errors, self.cfg.batch_per_task, self.cfg.task_focus)
 
     def train(self) -> dict:
         """Epochs of collect, update, evaluate (every `eval_every`) and checkpoint (every
@@ -389,6 +399,7 @@ class Trainer:
                "wall_clock_s": round(self.wall_clock, 2), **{k: round(v, 4) for k, v in metrics.items()},
                **{k: round(v, 5) for k, v in mean_losses.items()}}
         self.log_rows.append(row)
+        self.focus_batch(row)
         if metrics["mean_return"] > self.best_return:
             self.best_return = metrics["mean_return"]
             self.save_best(metrics)
@@ -762,6 +773,10 @@ def validate(cfg: Config) -> None:
     for key in ("lr", "tau", "grad_clip", "reward_scale"):
         if not getattr(cfg, key) > 0:
             raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if not 0 <= cfg.task_focus < 1:
+        raise ValueError(f"task_focus must lie in [0, 1), got {cfg.task_focus}")
+    if cfg.pearl and cfg.task_focus:
+        raise ValueError("PEARL samples its own task-balanced batches; drop --set task_focus")
     if not 0 <= cfg.lr_end_fraction <= 1:
         raise ValueError(f"lr_end_fraction must lie in [0, 1], got {cfg.lr_end_fraction}")
     if not 0 <= cfg.gamma < 1:
