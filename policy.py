@@ -277,10 +277,12 @@ def atomic_write_text(text: str, path: str) -> None:
 
 
 def csv_text(rows: list[dict]) -> str:
+    """Rows as CSV; the columns are every key of any row (in order of first
+    appearance), blank where a row lacks one."""
     if not rows:
         return ""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -1400,6 +1401,15 @@ def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_p
     assert (tmp_path / "seeds_measures.png").stat().st_size > 0
     assert not list(root.glob("*/interpolate_*"))  # measuring writes nothing beside the runs
 
+
+
+def test_csv_rows_with_different_columns_share_one_header():
+    """A run measured from its log alone (no saved policy) beside measured ones, or an
+    evaluation row without a measure another row has, still writes one CSV."""
+    text = policy_module.csv_text([{"run": "a", "error": 0.1}, {"run": "b"}, {"run": "c", "adapt 3.6": 0.2}])
+    assert list(csv.DictReader(io.StringIO(text))) == [{"run": "a", "error": "0.1", "adapt 3.6": ""},
+                                                       {"run": "b", "error": "", "adapt 3.6": ""},
+                                                       {"run": "c", "error": "", "adapt 3.6": "0.2"}]
 
 def write_run_log(folder, name: str, config: dict, errors: list) -> None:
     """A train.py run as `analyze.py seeds` reads it, without training: folder/NAME.json
