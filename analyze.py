@@ -863,7 +863,7 @@ RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seed
 SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
                 "final_return": "final mean return", "best_return": "best mean return"}
 MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
-MEASURE_PREFIXES = {"r2 ": "interpolation R² ", "adapt ": "adaptation error "}
+MEASURE_PREFIXES = {"r2 ": "interpolation R² ", "adapt ": "adaptation error ", "at ": "training error at "}
 
 
 def measure_title(key: str) -> str:
@@ -988,6 +988,14 @@ def first_reached(log: dict, level: float, column: str) -> float:
     return float(log[column][reached[0]]) if len(reached) else math.inf
 
 
+def error_at(log: dict, updates: float, last: int) -> float:
+    """The mean error of the log's last `last` evaluations at or before `updates`
+    updates: runs compared at an equal budget (NaN if the log stops short of it)."""
+    if not len(log["updates"]) or not log["updates"][-1] >= updates:
+        return math.nan
+    return float(np.mean(log["mean_error"][log["updates"] <= updates][-last:]))
+
+
 # --reach's two clocks: wall-clock (the machine's) and updates (the same on every machine)
 REACH = {"time_to": ("wall_clock_s", 60, "minutes"), "updates_to": ("updates", 1000, "thousand updates")}
 
@@ -1001,7 +1009,9 @@ def seeds(args) -> dict:
     mean error and mean return as mean and interquartile mean over its seeds, each
     with its 95% percentile-bootstrap interval (rliable, Agarwal et al. 2021), the
     per-seed values and, with --reach, the wall-clock to each error level ("final":
-    the mean of each run's last --last evaluations, default 1). With --evaluate,
+    the mean of each run's last --last evaluations, default 1); with --at-updates,
+    each run's error at those budgets (the mean of its last --last evaluations up
+    to K thousand updates), which compares runs at equal updates. With --evaluate,
     each run's saved policy (NAME.pt) is also measured afresh, as `evaluate` and
     `interpolate` measure the shipped ones: the family's error measure on --episodes
     deterministic episodes per training task, falls, for EAR the interpolation
@@ -1020,6 +1030,9 @@ def seeds(args) -> dict:
             run["measures"] = run_measures(_load(path, run["config"]["env"]), args)
         else:
             say(f"seeds: {run['run']} has no saved policy {path}; measured from its log only")
+    for run in runs:
+        budgets = {f"at {k:g}k updates": error_at(run["log"], 1000 * k, args.last) for k in args.at_updates or []}
+        run["measures"] = {**run.get("measures", {}), **budgets}
     groups, rows = seed_groups(runs, args)
     for label, group in groups.items():
         e = group["final_error"]
@@ -1371,7 +1384,7 @@ def _at_least(kind, low=1):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
         return value
@@ -1433,6 +1446,8 @@ def build_parser() -> ArgumentParser:
                            help="a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME)")
             p.add_argument("--reach", type=float, nargs="+", default=None, metavar="ERROR",
                            help="also report the wall-clock to the first evaluation at or below each error level")
+            p.add_argument("--at-updates", type=_at_least(float), nargs="+", default=None, metavar="K",
+                           help="also report each run's error after K thousand updates (mean of its last LAST evaluations)")
             p.add_argument("--reps", type=_at_least(int, 100), default=2000, help="bootstrap resamples")
             p.add_argument("--evaluate", action="store_true", help="also measure each run's saved policy afresh "
                            "(error, falls, interpolation R^2)%(default).0s")

@@ -1415,10 +1415,10 @@ def write_run_log(folder, name: str, config: dict, errors: list) -> None:
     """A train.py run as `analyze.py seeds` reads it, without training: folder/NAME.json
     (its config and budget) and folder/NAME.csv (one evaluation per mean error)."""
     folder.mkdir()
-    (folder / f"{name}.json").write_text(json.dumps({"config": config, "epochs": len(errors), "updates": 10 * len(errors),
+    (folder / f"{name}.json").write_text(json.dumps({"config": config, "epochs": len(errors), "updates": 1000 * len(errors),
                                                      "wall_clock_s": float(len(errors))}))
-    rows = "".join(f"{i},{100 * i},{float(i)},-5.0,{error}\n" for i, error in enumerate(errors, 1))
-    (folder / f"{name}.csv").write_text("epoch,env_steps,wall_clock_s,mean_return,mean_error\n" + rows)
+    rows = "".join(f"{i},{100 * i},{1000 * i},{float(i)},-5.0,{error}\n" for i, error in enumerate(errors, 1))
+    (folder / f"{name}.csv").write_text("epoch,env_steps,updates,wall_clock_s,mean_return,mean_error\n" + rows)
 
 
 def test_seeds_reads_a_run_saved_before_a_field_existed_as_what_it_ran_with(tmp_path):
@@ -1988,9 +1988,13 @@ def test_seeds_groups_an_ablation_of_two_fields_and_two_seeds_into_their_range(t
     for name, (noise, dim, seed, error) in settings.items():
         config = {**asdict(Config()), "lte_noise": noise, "lte_dim": dim, "seed": seed}
         write_run_log(tmp_path / name, "halfcheetah-vel", config, [2.0, error])
-    result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "200")
+    result = run_script("analyze.py", "seeds", "--runs", str(tmp_path), "--reps", "200", "--at-updates", "1", "2", "3")
     assert result.returncode == 0, result.stderr
     groups = json.loads((tmp_path / "summary.json").read_text())["seeds"]
+    at_budgets = groups["lte_dim=3, lte_noise=0.0"]  # --at-updates: each run's error at equal updates
+    assert at_budgets["at 1k updates"]["values"] == [2.0, 2.0] and at_budgets["at 2k updates"]["values"] == [0.9, 0.8]
+    assert at_budgets["at 3k updates"]["values"] == [None, None]  # the runs stop at 2k (NaN, null in JSON)
+    assert "training error at 2k updates (mean [95% CI]; per seed)" in (tmp_path / "seeds.md").read_text()
     assert {label: group["seeds"] for label, group in groups.items()} == {
         "lte_dim=3, lte_noise=0.02": [0, 1], "lte_dim=3, lte_noise=0.0": [0, 1], "lte_dim=8, lte_noise=0.02": [0]}
     paper = groups["lte_dim=3, lte_noise=0.02"]["final_error"]
