@@ -747,7 +747,6 @@ def test_replay_is_task_balanced_fifo():
     assert batch["reward"].min() >= 3  # the oldest three were overwritten
 
 
-
 def test_task_focus_deals_the_batch_by_evaluation_error_and_survives_resume(tmp_path):
     """task_batch: (1 - focus) of the batch even, focus in proportion to the error, a
     task without an error measure as the mean task, the size exact; the replay draws
@@ -780,6 +779,7 @@ def test_task_focus_deals_the_batch_by_evaluation_error_and_survives_resume(tmp_
     with pytest.raises(ValueError, match="task_focus"):
         train.validate(train.Config(task_focus=1.0))
     assert train.Config().task_focus == train.preset("paper", "ant-dir").task_focus == 0.0
+
 
 def test_sac_solves_a_small_task():
     """A contextual bandit of our own: 2 tasks, reward -(a - target_k)^2, gamma 0.
@@ -1402,7 +1402,6 @@ def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_p
     assert not list(root.glob("*/interpolate_*"))  # measuring writes nothing beside the runs
 
 
-
 def test_csv_rows_with_different_columns_share_one_header():
     """A run measured from its log alone (no saved policy) beside measured ones, or an
     evaluation row without a measure another row has, still writes one CSV."""
@@ -1410,6 +1409,7 @@ def test_csv_rows_with_different_columns_share_one_header():
     assert list(csv.DictReader(io.StringIO(text))) == [{"run": "a", "error": "0.1", "adapt 3.6": ""},
                                                        {"run": "b", "error": "", "adapt 3.6": ""},
                                                        {"run": "c", "error": "", "adapt 3.6": "0.2"}]
+
 
 def write_run_log(folder, name: str, config: dict, errors: list) -> None:
     """A train.py run as `analyze.py seeds` reads it, without training: folder/NAME.json
