@@ -359,6 +359,11 @@ class Family:
         return tuple(float(v) / scale for v in np.random.default_rng(seed).integers(low, high, count))
 
     @property
+    def terminates(self) -> bool:
+        """Whether an episode can end early (the body falls); the cheetah's never do."""
+        return self.healthy is not None
+
+    @property
     def error_unit(self) -> str:
         """Unit of the family's task error and behaviour: m/s, or degrees of heading (Ant)."""
         return "m/s" if self.planar else "deg"

@@ -562,7 +562,11 @@ def test_paper_preset_is_the_papers_algorithm():
         assert cfg.batch_per_task == (80 if ant else 128) and cfg.epochs == epochs
         assert cfg.replay_per_task == (50_000 if ant else 100_000)
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
-        assert train.preset("fast", family).actor_every == 2  # the fast preset's delayed actor (README, "Levers")
+        fast = train.preset("fast", family)
+        assert fast.actor_every == 2 and fast.task_focus == 0.5 and cfg.task_focus == 0.0  # README, "Levers"
+        # one critic where episodes never end early, the paper's two where the body can fall
+        assert fast.critics == (2 if envs.FAMILIES[family].terminates else 1)
+    assert [f for f in paper_epochs if not envs.FAMILIES[f].terminates] == ["halfcheetah-vel", "halfcheetah-runjump"]
     # A checkpoint saved before a field existed ran with the paper's value, not today's default.
     old = train.saved_config({"env": "hopper-vel", "lr": 1e-3, "not_a_field": 1})
     assert (old.actor_every, old.alpha_per_task, old.lr, old.env) == (1, False, 1e-3, "hopper-vel")
@@ -1044,6 +1048,8 @@ def test_train_benchmark_command_runs():
     for config in line["configs"]:
         assert config["updates_per_s"] > 0 and config["plain_updates_per_s"] > 0 and 0 < config["matmul_share"]
         assert {"encoder_hidden", "decoder_hidden", "critic_hidden", "batch", "obs_dim", "act_dim", "tasks"} <= set(config)
+        assert config["preset_updates_per_s"] > 0
+        assert config["critics"] == train.preset(config["preset"], "halfcheetah-vel").critics
         if config["preset_precision"]:
             assert set(config["epoch_share"]) == {"stepping", "updating", "evaluating"}
             assert math.isclose(sum(config["epoch_share"].values()), 1.0, abs_tol=0.01)
@@ -1206,6 +1212,7 @@ def test_pearl_meta_trains_saves_loads_and_adapts_within_its_budget(tiny_pearl, 
     data = torch.load(path, weights_only=True)
     assert data["config"]["pearl"] and data["env_name"] == "halfcheetah-vel"
     assert data["config"]["reward_scale"] == pearl.REWARD_SCALE
+    assert data["config"]["task_focus"] == 0.0  # PEARL's batches stay task-balanced under the fast preset
     latest = torch.load(tmp_path / "halfcheetah-vel-pearl.latest.pt", weights_only=True)
     assert latest["context"]["count"].sum() > 0  # the resumable state carries the context buffer
     with pytest.raises(policy_module.CheckpointError, match="PEARL"):
