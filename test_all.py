@@ -991,8 +991,10 @@ def test_train_bad_inputs(args):
 def test_resume_with_mismatched_checkpoint(tiny_run, tmp_path):
     import shutil
     shutil.copy(tiny_run / "halfcheetah-vel.latest.pt", tmp_path / "halfcheetah-vel.latest.pt")
-    result = run_script("train.py", "--out", str(tmp_path), "--resume", *TINY_TRAIN, "--set", "critic_hidden=[64]")
-    assert_one_line_error(result)
+    # the shapes of the saved networks: a layer's width, how many critics, how many temperatures
+    for change in ("critic_hidden=[64]", "critics=2", "alpha_per_task=true"):
+        result = run_script("train.py", "--out", str(tmp_path), "--resume", *TINY_TRAIN, "--set", change)
+        assert_one_line_error(result, change.split("=")[0])
 
 
 @pytest.mark.parametrize("family", ["halfcheetah-runjump", "ant-dir", "hopper-vel", "walker-vel"])

@@ -287,7 +287,7 @@ class Trainer:
         data = read_checkpoint(path)
         saved = asdict(saved_config(data["config"]))  # fields it predates: what it ran with
         for key in ("env", "task_set", "baseline", "pearl", "encoder_hidden", "decoder_hidden", "critic_hidden",
-                    "task_hidden", "baseline_hidden", "lse_dim", "lte_dim"):
+                    "task_hidden", "baseline_hidden", "lse_dim", "lte_dim", "critics", "alpha_per_task"):
             if saved.get(key) != self.cfg_dict.get(key):
                 raise CheckpointError(f"{path} was made with {key}={saved.get(key)!r}, not {self.cfg_dict.get(key)!r}; "
                                       f"resume with the same --env/--preset/--set options or use another --name")
