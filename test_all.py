@@ -783,6 +783,15 @@ def test_task_focus_deals_the_batch_by_evaluation_error_and_survives_resume(tmp_
     with pytest.raises(ValueError, match="task_focus"):
         train.validate(train.Config(task_focus=1.0))
     assert train.Config().task_focus == train.preset("paper", "ant-dir").task_focus == 0.0
+    # PEARL, asked for either way, leaves the fast preset's task_focus out; asked for explicitly, it is refused
+    args = lambda pearl, overrides: argparse.Namespace(tasks="default", seed=0, baseline=False, pearl=pearl, device="cpu",
+                                                       epochs=None, overrides=overrides)
+    for pearl_flag, overrides in ((True, []), (False, ["pearl=true"])):
+        cfg = train.command_config(args(pearl_flag, overrides), "halfcheetah-vel", "fast")
+        assert cfg.pearl and cfg.task_focus == 0.0
+        train.validate(cfg)
+    with pytest.raises(ValueError, match="task_focus"):
+        train.validate(train.command_config(args(True, ["task_focus=0.5"]), "halfcheetah-vel", "fast"))
 
 
 def test_sac_solves_a_small_task():

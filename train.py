@@ -604,9 +604,11 @@ def command_config(args, family: str, preset_name: str, **machine) -> Config:
     one-hot baseline, PEARL with its reward scale), --epochs, then every --set."""
     cfg = replace(preset(preset_name, family), task_set=args.tasks, seed=args.seed, baseline=args.baseline,
                   pearl=args.pearl, device=args.device, **machine)
-    if args.pearl:  # PEARL draws its own task-balanced batches
+    if args.pearl:
         from pearl import REWARD_SCALE  # pearl.py imports this file
-        cfg = replace(cfg, reward_scale=REWARD_SCALE, task_focus=0.0)
+        cfg = replace(cfg, reward_scale=REWARD_SCALE)
+    if parse_overrides(cfg, args.overrides).pearl:  # --pearl or --set pearl=true: PEARL draws task-balanced batches
+        cfg = replace(cfg, task_focus=0.0)
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
     return parse_overrides(cfg, args.overrides)
