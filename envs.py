@@ -12,9 +12,9 @@ returns a `(T, act_dim)` action every step.
     obs, reward, terminated, truncated, info = env.step(actions)   # actions (10, 6)
     info["velocity"]                              # forward velocity per task, m/s
 
-`make(name, tasks=None, seed=None, nthread=1)`
-    name: one of FAMILIES. tasks: None (the family's training tasks), the
-    name of a task set in TASK_SETS[name], or a list of task parameters:
+`make(family, tasks=None, seed=None, nthread=1)`
+    family: one of FAMILIES. tasks: None (the family's training tasks), the
+    name of a task set in TASK_SETS[family], or a list of task parameters:
     velocities in m/s, Ant directions in degrees, or (kind, value) pairs for
     the multi-modal cheetah. Returns a MultiTaskEnv with attributes `name`,
     `tasks`, `obs_dim`, `act_dim`, `max_steps` (200) and `dt`.
@@ -811,9 +811,9 @@ def _silence_mujoco_warnings() -> None:
         mujoco.set_mju_user_warning(_record_warning)
 
 
-def make(name: str, tasks=None, seed: int | None = None, nthread: int = 1) -> MultiTaskEnv:
+def make(family: str, tasks=None, seed: int | None = None, nthread: int = 1) -> MultiTaskEnv:
     """Build a MultiTaskEnv; see the module docstring."""
-    return MultiTaskEnv(name, tasks=tasks, seed=seed, nthread=nthread)
+    return MultiTaskEnv(family, tasks=tasks, seed=seed, nthread=nthread)
 
 
 # --------------------------------------------------------------------------

@@ -41,7 +41,8 @@ Presets (Config below; every field can be overridden with --set field=value):
            critic where episodes never end early (two where the body can fall), every
            usable core, 1500 epochs, evaluation every 10 epochs:
            HalfCheetah-Vel to about 0.4 m/s mean velocity error in 20 minutes of a
-           2-core AMD EPYC with AVX2 only (three seeds; README, "Levers").
+           2-core AMD EPYC with AVX2 only, 0.29 with AVX512-BF16 (three seeds each;
+           README, "Levers").
     paper  exactly the authors' numbers: 400-wide networks (encoder 2, decoder 4, critics 4
            layers), 128 transitions per task (Ant 80), replay 1e6/T (Ant 50k per
            task), 200 steps + 200 updates + 3 evaluation episodes per epoch,
