@@ -520,7 +520,7 @@ SWEEP_MEASURES = ("velocity", "height_mean", "height_peak", "airborne_fraction",
 def mixing_sweep(policy, family: str, run: int, others: list, args, settled: int) -> dict:
     """Run + jump (and run + stand) at every mixing weight alpha of --alphas in [0, 1],
     by nlerp and by slerp (no files): forward velocity, mean and peak root height,
-    airborne fraction and torso pitch (nose-up angle, -qpos[2], in degrees) over the
+    airborne fraction and torso pitch (nose up, degrees; env.step's info["pitch"]) over the
     same steps as the velocity. A mix composes when it keeps at least half the run
     task's velocity while airborne on at least 30% of steps (jump) or rearing, mean
     pitch >= REAR_DEG (stand)."""
@@ -531,7 +531,7 @@ def mixing_sweep(policy, family: str, run: int, others: list, args, settled: int
     result, _ = simulate(policy, family, np.repeat(ltes, episodes, axis=0), args, record=True)
     shape = (len(others), len(methods), len(alphas), episodes)
     heights = result["height_steps"][settled:].reshape(-1, *shape)
-    pitch = np.degrees(-result["obs"][settled:, :, 1]).reshape(-1, *shape)  # obs = qpos[1:] ‖ qvel: [1] is qpos[2]
+    pitch = result["pitch_steps"][settled:].reshape(-1, *shape)
     velocity = result["velocity"].reshape(shape).mean(-1)
     measures = {"velocity": velocity, "height_mean": np.nanmean(heights, axis=(0, -1)),
                 "height_peak": np.nanmean(np.nanmax(heights, axis=0), axis=-1),
@@ -784,6 +784,8 @@ def _family_measure(family: str, metrics: dict) -> dict:
     for kind in envs.TASK_KINDS[1:]:  # jump, stand: one column each in every row
         heights = per_task(f"height[{kind}:")
         measure[f"{kind}_height"] = float(np.mean(heights)) if heights else float("nan")
+    pitches = per_task("pitch[stand:")
+    measure["stand_pitch"] = float(np.mean(pitches)) if pitches else float("nan")
     return measure
 
 

@@ -37,7 +37,8 @@ never contain NaN.
 
 Every `info` holds per-task arrays: "velocity" (forward velocity; Ant: the
 x-y velocity, shape (T, 2)), "height" (root height where the robot has one),
-the reward terms by name ("reward_task", "reward_ctrl", "reward_alive"), "final_obs",
+"pitch" (the planar robots' torso pitch, nose up, in degrees: -qpos[2]; NaN for
+the Ant), the reward terms by name ("reward_task", "reward_ctrl", "reward_alive"), "final_obs",
 "unstable" and "episode_step".
 
 The families (observation, action, reward, termination). dt is the control
@@ -411,6 +412,8 @@ class Family:
         for kind in self.kinds[1:]:
             if np.isfinite(m.get(f"{kind}_height", np.nan)):
                 text += f"; {kind} height {m[f'{kind}_height']:+.2f} m"
+        if np.isfinite(m.get("stand_pitch", np.nan)):
+            text += f", pitch {m['stand_pitch']:.0f}°"
         return text
 
     def difference(self, a, b):
@@ -708,10 +711,12 @@ class MultiTaskEnv:
                            + self.height_weight * self.qpos[:, 1]
                            + self.upright_weight * np.sin(-self.qpos[:, 2]))
             height = self.qpos[:, 1].copy()
+            pitch = np.degrees(-self.qpos[:, 2])
         else:
             velocity = velocity_xy
             task_reward = np.sum(velocity_xy * self.direction, axis=1)
             height = self.qpos[:, 2].copy()
+            pitch = np.full(self.num_tasks, np.nan)
         healthy = (np.ones(self.num_tasks, bool) if self.family.healthy is None
                    else self.family.healthy(self.qpos, self.qvel))
         alive = np.full(self.num_tasks, self.family.alive_bonus)
@@ -727,6 +732,7 @@ class MultiTaskEnv:
             reward[unstable] = 0.0
             velocity[unstable] = 0.0
             height[unstable] = 0.0
+            pitch[unstable] = 0.0
         obs = self._observe()
         final_obs = obs.copy()
         done = terminated | truncated
@@ -734,7 +740,7 @@ class MultiTaskEnv:
             self.reset_tasks(np.flatnonzero(done))
             obs = self._observe()
         info = {
-            "velocity": velocity, "height": height, "reward_task": task_reward,
+            "velocity": velocity, "height": height, "pitch": pitch, "reward_task": task_reward,
             "reward_ctrl": -ctrl_cost, "reward_alive": alive, "final_obs": final_obs,
             "unstable": unstable, "episode_step": self.episode_step.copy(),
         }
@@ -755,12 +761,16 @@ class MultiTaskEnv:
     def task_measures(self, result: dict) -> dict:
         """The family's behaviour measures beside the error, per simulation (NaN where a
         measure does not apply): Ant, "speed_along" the commanded direction (m/s); tasks
-        without a velocity target (jump, stand), "height" (mean root height, m)."""
+        without a velocity target (jump, stand), "height" (mean root height, m); stand
+        tasks, "pitch" (mean torso pitch, nose up, degrees: how far the cheetah rears)."""
         if not self.family.planar:
             return {"speed_along": result["speed_along"]}
         if (self.velocity_weight > 0).all():
             return {}
-        return {"height": np.where(self.velocity_weight > 0, np.nan, result["height_mean"])}
+        measures = {"height": np.where(self.velocity_weight > 0, np.nan, result["height_mean"])}
+        if (self.upright_weight > 0).any():
+            measures["pitch"] = np.where(self.upright_weight > 0, result["pitch_mean"], np.nan)
+        return measures
 
     def summary(self, result: dict) -> dict:
         """What all simulations (repeats of one task) did together: the mean forward

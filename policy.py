@@ -352,8 +352,8 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     the mean x-y velocity, (T, 2)), "velocity_all" (over the whole episode),
     "speed_along" (velocity along the task's direction: the forward velocity; Ant: the x-y
     velocity projected on the commanded direction), "height_mean",
-    "height_max", "fell" (fraction of episodes ending in a fall); with `record`,
-    also per-step "obs", "action_steps", "velocity_steps", "height_steps", "reward_steps"
+    "height_max", "pitch_mean" (torso pitch, env.step's info["pitch"]), "fell" (fraction of episodes ending in a fall); with `record`,
+    also per-step "obs", "action_steps", "velocity_steps", "height_steps", "pitch_steps", "reward_steps"
     of the first episode, shaped (steps, T, ...), where steps past a task's end
     repeat nothing (they are NaN).
     """
@@ -361,7 +361,7 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
     if ltes is None:
         ltes = np.arange(T) if policy.baseline else policy.task_embeddings
     ltes = np.asarray(ltes)
-    totals = {k: np.zeros(T) for k in ("return", "length", "height_mean", "height_max", "fell", "speed_along")}
+    totals = {k: np.zeros(T) for k in ("return", "length", "height_mean", "height_max", "pitch_mean", "fell", "speed_along")}
     velocity_sum = np.zeros((T, 2)) if env.family.velocity_dim == 2 else np.zeros(T)
     velocity_all_sum = np.zeros_like(velocity_sum)
     recorded = None
@@ -379,8 +379,8 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
             ep_vel = np.zeros_like(velocity_sum)
             ep_vel_late, ep_len_late = np.zeros_like(velocity_sum), np.zeros(T)
             ep_hmax = np.full(T, -np.inf)
-            ep_hsum = np.zeros(T)
-            steps = ({"obs": [], "action_steps": [], "velocity_steps": [], "height_steps": [], "reward_steps": []}
+            ep_hsum, ep_psum = np.zeros(T), np.zeros(T)
+            steps = ({"obs": [], "action_steps": [], "velocity_steps": [], "height_steps": [], "pitch_steps": [], "reward_steps": []}
                      if record and episode == 0 else None)
             for step in range(env.max_steps):
                 actions = policy.act(obs, ltes, deterministic=deterministic)
@@ -397,11 +397,13 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
                     ep_vel_late += weighted_velocity
                     ep_len_late += a
                 ep_hsum += a * info["height"]
+                ep_psum += a * info["pitch"]
                 ep_hmax = np.where(alive, np.maximum(ep_hmax, info["height"]), ep_hmax)
                 if steps is not None:
                     mask = np.where(alive, 1.0, np.nan)
                     steps["velocity_steps"].append(info["velocity"] * (mask[:, None] if ep_vel.ndim == 2 else mask))
                     steps["height_steps"].append(info["height"] * mask)
+                    steps["pitch_steps"].append(info["pitch"] * mask)
                     steps["reward_steps"].append(reward * mask)
                 totals["fell"] += alive & terminated
                 alive &= ~(terminated | truncated)
@@ -411,6 +413,7 @@ def rollout(policy: Policy, env, ltes=None, episodes: int = 1, deterministic: bo
             totals["return"] += ep_return
             totals["length"] += ep_len
             totals["height_mean"] += ep_hsum / length
+            totals["pitch_mean"] += ep_psum / length
             totals["height_max"] += ep_hmax
             per_step = (lambda x, n: x / (n[:, None] if x.ndim == 2 else n))
             mean_velocity_all = per_step(ep_vel, length)

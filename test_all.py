@@ -836,6 +836,9 @@ def test_rollout_metrics_are_consistent():
     np.testing.assert_allclose(result["velocity"], result["velocity_steps"][50:].mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(result["return"], result["reward_steps"].sum(0), rtol=1e-5)
     np.testing.assert_allclose(env.task_error(result), np.abs(result["velocity"] - [1, 2, 3, 4]))
+    # The torso pitch after each step is the next observation's (qpos[2], nose up in degrees).
+    np.testing.assert_allclose(result["pitch_steps"][:-1], np.degrees(-result["obs"][1:, :, 1]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(result["pitch_mean"], result["pitch_steps"].mean(0), rtol=1e-6, atol=1e-9)
     again = rollout(sac.policy, env, episodes=1, record=True, seed=0)
     np.testing.assert_array_equal(result["return"], again["return"])
 
@@ -1987,7 +1990,9 @@ def test_evaluate_table_is_a_fresh_deterministic_evaluation(analyze_all, analyze
     assert by_name["halfcheetah-vel-baseline.pt"]["policy"] == "baseline"
     runjump = by_name["halfcheetah-runjump.pt"]
     assert np.isfinite(float(runjump["jump_height"])) and np.isfinite(float(runjump["stand_height"]))  # four-motion
+    assert -90 < float(runjump["stand_pitch"]) < 90 and ", pitch " in stdout  # how far the stand tasks rear
     assert math.isnan(float(by_name["halfcheetah-vel.pt"]["jump_height"]))
+    assert math.isnan(float(by_name["halfcheetah-vel.pt"]["stand_pitch"]))
     loaded = policy_module.load(str(analyze_checkpoints / "halfcheetah-vel.pt"))
     again = train.evaluate(loaded, envs.make("halfcheetah-vel", tasks=loaded.tasks, seed=10_000), 1, seed=10_000)
     row = by_name["halfcheetah-vel.pt"]
