@@ -258,6 +258,8 @@ def interpolation(policy, family: str, pairs: list, args) -> dict:
     """The numbers of interpolate for one checkpoint (no files): per pair "a->b" and per
     "method_actions", the behaviour at every alpha (mean and std over --episodes), the
     linear prediction, R^2 against targets and endpoints, monotonicity."""
+    if not pairs:  # e.g. the four-motion tasks have neither default pair
+        return {}
     record = envs.FAMILIES[family]
     E, alphas, episodes = policy.task_embeddings, np.linspace(0.0, 1.0, args.alphas), args.episodes
     methods = {"nlerp": nlerp, "slerp": slerp}
@@ -865,7 +867,8 @@ RUN_SETTINGS = ("seed", "threads", "precision", "device")  # differ between seed
 SEED_METRICS = {"final_error": "final mean error", "best_error": "best mean error",
                 "final_return": "final mean return", "best_return": "best mean return"}
 MEASURE_TITLES = {"error": "fresh mean error", "worst_error": "fresh worst-task error", "fell": "falls"}  # seeds --evaluate
-MEASURE_PREFIXES = {"r2 ": "interpolation R² ", "adapt ": "adaptation error ", "at ": "training error at "}
+MEASURE_PREFIXES = {"r2 ": "interpolation R² ", "adapt ": "adaptation error ", "at ": "training error at ",
+                    "compose ": "composition "}
 
 
 def measure_title(key: str) -> str:
@@ -893,7 +896,8 @@ def run_measures(policy, args) -> dict:
     the error after few-shot adaptation to each of the family's unseen test tasks
     ("adapt T": `adapt.py --task T`, the bracket search in the embedding space with
     that many episodes, then --episodes deterministic ones, adaptation seed 0; the
-    plain multi-task baseline searches its task-input space the same way)."""
+    plain multi-task baseline searches its task-input space the same way); for an
+    EAR policy with run and jump tasks, composition_measures."""
     family = policy.env_name
     measure = _family_measure(family, _fresh_evaluation(policy, args))
     numbers = {k: measure[k] for k in ("error", "worst_error", "fell")}
@@ -901,9 +905,33 @@ def run_measures(policy, args) -> dict:
         pairs = interpolation_pairs(policy, family, envs.FAMILIES[family].pairs, [])
         for name, pair in interpolation(policy, family, pairs, args).items():
             numbers[f"r2 {name}"] = pair["nlerp_deterministic"]["r2_targets"]
+    if not policy.baseline and any(isinstance(task, tuple) and task[0] == "jump" for task in policy.tasks):
+        numbers.update(composition_measures(policy, family, args))
     for task in envs.FAMILIES[family].test_tasks if args.adapt_budget else ():
         report = adapt.adapt(policy, task, "bracket", args.adapt_budget, seed=0, eval_episodes=args.episodes)
         numbers[f"adapt {envs.task_label(task)}"] = math.nan if report["error"] is None else report["error"]
+    return numbers
+
+
+def composition_measures(policy, family: str, args) -> dict:
+    """compose's mixing sweep as numbers over seeds (no files): for run + jump (and
+    run + stand), the two LTEs' angle on the sphere in degrees ("compose RUN + JUMP
+    angle"), how many mixing weights of --alphas compose by nlerp or slerp
+    ("... weights") and, at the most airborne (for stand: most reared)
+    mix that keeps half the run task's velocity, its airborne fraction ("... best
+    airborne") or mean pitch in degrees ("... best pitch"), the better of nlerp and slerp."""
+    run, others = composed_tasks(policy, family, args)
+    settled = policy_lib.SETTLE_STEPS if args.steps > policy_lib.SETTLE_STEPS + 10 else 0
+    sweep = mixing_sweep(policy, family, run, others, args, settled)
+    numbers = {}
+    for other in others:
+        name = f"{envs.task_label(policy.tasks[run])} + {envs.task_label(policy.tasks[other])}"
+        pair, jump = sweep[name], policy.tasks[other][0] == "jump"
+        key = "airborne_fraction" if jump else "pitch_mean_deg"
+        numbers[f"compose {name} angle"] = pair["angle_deg"]
+        numbers[f"compose {name} weights"] = len({a for m in ("nlerp", "slerp") for a in pair[m]["composes_at"]})
+        numbers[f"compose {name} best {'airborne' if jump else 'pitch'}"] = max(
+            pair[m][key][sweep["alphas"].index(pair[m]["best_moving_alpha"])] for m in ("nlerp", "slerp"))
     return numbers
 
 
@@ -973,8 +1001,9 @@ def find_runs(root: str) -> list[dict]:
             except (OSError, ValueError):
                 continue
             if isinstance(summary, dict) and "config" in summary and "epochs" in summary:
-                runs.append({"run": os.path.relpath(os.path.join(folder, name), root), "summary": summary,
-                             "config": summary["config"], "log": read_log(os.path.join(folder, f"{name}.csv"))})
+                runs.append({"run": os.path.relpath(os.path.join(folder, name), root), "path": os.path.join(folder, name),
+                             "summary": summary, "config": summary["config"],
+                             "log": read_log(os.path.join(folder, f"{name}.csv"))})
     return runs
 
 
@@ -1019,15 +1048,19 @@ def seeds(args) -> dict:
     deterministic episodes per training task, falls, for EAR the interpolation
     R^2 against the targets (nlerp, deterministic) of the family's pairs, and the
     error after adapting to each of the family's unseen test tasks as `adapt.py
-    --task T` does (--adapt-budget search episodes); these get the same statistics
+    --task T` does (--adapt-budget search episodes), and for run-jump policies the
+    composition sweep's verdicts (composition_measures); these get the same statistics
     over seeds and a figure of their own, seeds_measures.png.
     Writes seeds.md, seeds.csv and seeds.png into that folder (or --out).
     """
-    runs = find_runs(args.runs)
+    # Several folders pool their runs (e.g. a pilot beside the runs it is judged against);
+    # each run is then named by its folder too.
+    runs = [{**run, "run": os.path.join(os.path.basename(os.path.abspath(root)), run["run"]) if len(args.runs) > 1
+             else run["run"]} for root in args.runs for run in find_runs(root)]
     if not runs:
-        _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {args.runs}")
+        _fail(f"seeds: no training run (NAME.json beside NAME.csv from train.py) below {' or '.join(args.runs)}")
     for run in runs if args.evaluate else []:
-        path = os.path.join(args.runs, run["run"] + ".pt")
+        path = run["path"] + ".pt"
         if os.path.isfile(path):
             run["measures"] = run_measures(_load(path, run["config"]["env"]), args)
         else:
@@ -1046,14 +1079,14 @@ def seeds(args) -> dict:
             m = group[key]
             say(f"seeds {label}: {measure_title(key)} {m['mean']:.3f} [{m['mean_low']:.3f}, {m['mean_high']:.3f}]; "
                 "per seed " + ", ".join(f"{v:.3f}" for v in m["values"]))
-    title = os.path.basename(os.path.abspath(args.runs))
+    title = " + ".join(os.path.basename(os.path.abspath(root)) for root in args.runs)
     draw_seeds(groups, runs, title, os.path.join(args.out, "seeds.png"))
     measured = measured_keys(groups)
     if measured:
         draw_over_seeds(groups, {key: measure_title(key) for key in measured},
                         f"{title}: measured afresh, bars = mean over seeds, dots = seeds", os.path.join(args.out, "seeds_measures.png"))
     write_csv(os.path.join(args.out, "seeds.csv"), rows)
-    policy_lib.atomic_write_text(f"Runs in {args.runs}; final = mean of the last {args.last} evaluation(s); intervals: "
+    policy_lib.atomic_write_text(f"Runs in {', '.join(args.runs)}; final = mean of the last {args.last} evaluation(s); intervals: "
                                  f"95% percentile bootstrap over seeds ({args.reps} resamples, rliable).\n\n"
                                  f"{seeds_table(groups, args.reach)}\n", os.path.join(args.out, "seeds.md"))
     return groups
@@ -1403,12 +1436,15 @@ OPTIONS = [
     (("--pair",), dict(nargs=2, action="append", metavar=("A", "B"), default=None,
                        help="training tasks at alpha = 0 and alpha = 1, e.g. --pair 3 4 (repeatable; default: a "
                             "neighbouring and a distant pair)%(default).0s"), ("interpolate", "render")),
-    (("--run",), dict(default=None, help="run task, e.g. run:4 (default: the median run task)%(default).0s"), ("compose",)),
-    (("--jump",), dict(default=None, help="jump task, e.g. jump:10 (default: the strongest)%(default).0s"), ("compose",)),
+    (("--run",), dict(default=None, help="run task, e.g. run:4 (default: the median run task)%(default).0s"),
+     ("compose", "seeds")),
+    (("--jump",), dict(default=None, help="jump task, e.g. jump:10 (default: the strongest)%(default).0s"),
+     ("compose", "seeds")),
     (("--stand",), dict(default=None, help="stand task, if the checkpoint has one (default: the strongest)%(default).0s"),
-     ("compose",)),
+     ("compose", "seeds")),
     (("--mix",), dict(type=float, default=0.5, help="nlerp weight of the second motion"), ("compose",)),
-    (("--airborne-height",), dict(type=float, default=0.2, help="root height z (m) counted as airborne"), ("compose",)),
+    (("--airborne-height",), dict(type=float, default=0.2, help="root height z (m) counted as airborne"),
+     ("compose", "seeds")),
     (("--frames",), dict(type=_at_least(int), default=8, help="frames per filmstrip row"), ("render",)),
     (("--no-gif",), dict(dest="gif", action="store_false", default=True, help="filmstrip only%(default).0s"), ("render",)),
 ]
@@ -1444,8 +1480,9 @@ def build_parser() -> ArgumentParser:
             else:
                 p.set_defaults(**{options.get("dest", flags[0].lstrip("-").replace("-", "_")): options.get("default")})
         if name == "seeds":
-            p.add_argument("--runs", default=os.path.join("runs", "sweep"),
-                           help="a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME)")
+            p.add_argument("--runs", nargs="+", default=[os.path.join("runs", "sweep")], metavar="FOLDER",
+                           help="a sweep's folder (train.py --sweep ... --out OUT --name NAME: OUT/NAME), or several "
+                                "folders whose runs are pooled (--out then defaults to the first)")
             p.add_argument("--reach", type=float, nargs="+", default=None, metavar="ERROR",
                            help="also report the wall-clock to the first evaluation at or below each error level")
             p.add_argument("--at-updates", type=_at_least(float), nargs="+", default=None, metavar="K",
@@ -1469,10 +1506,11 @@ def main(argv=None) -> None:
     if args.command is None:
         parser.error(f"choose a subcommand: {', '.join(SUBCOMMANDS)}, seeds or all")
     if args.command == "seeds":
-        if not os.path.isdir(args.runs):
-            parser.error(f"seeds: --runs {args.runs} is not a folder; run a sweep first "
-                         f"(`python train.py --sweep seed=0,1,2`) or pass --runs OUT/NAME")
-        args.out = args.out or args.runs
+        for root in args.runs:
+            if not os.path.isdir(root):
+                parser.error(f"seeds: --runs {root} is not a folder; run a sweep first "
+                             f"(`python train.py --sweep seed=0,1,2`) or pass --runs OUT/NAME")
+        args.out = args.out or args.runs[0]
     if not 0.0 <= args.mix <= 1.0 or not math.isfinite(args.airborne_height):
         parser.error("--mix must lie in [0, 1] and --airborne-height be a finite number")
     if args.steps > envs.MAX_STEPS:

@@ -1423,6 +1423,36 @@ def test_seeds_measures_every_runs_policy_afresh_with_evaluate(sweep_runs, tmp_p
     assert not list(root.glob("*/interpolate_*"))  # measuring writes nothing beside the runs
 
 
+def test_seeds_measures_the_composition_sweep_of_a_runjump_run(analyze_checkpoints, tmp_path):
+    """--evaluate on a run-jump run adds compose's mixing-sweep verdicts (the numbers
+    composition_measures computes in-process); a run without jump tasks gets none."""
+    budget = tiny_budget("seeds")
+    result = run_script("analyze.py", "seeds", "--runs", str(analyze_checkpoints), "--out", str(tmp_path), "--evaluate",
+                        "--reps", "100", "--adapt-budget", "0", *budget)
+    assert result.returncode == 0, result.stderr
+    rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "seeds.csv"))}
+    loaded = policy_module.load(str(analyze_checkpoints / "halfcheetah-runjump.pt"))
+    args = analyze.build_parser().parse_args(["seeds", *budget])
+    expected = analyze.composition_measures(loaded, "halfcheetah-runjump", args)
+    run, others = analyze.composed_tasks(loaded, "halfcheetah-runjump", args)
+    names = [f"{envs.task_label(loaded.tasks[run])} + {envs.task_label(loaded.tasks[o])}" for o in others]
+    assert [envs.task_label(loaded.tasks[o]).split(":")[0] for o in others] == ["jump", "stand"]
+    assert sorted(expected) == sorted(f"compose {names[0]} {k}" for k in ("angle", "weights", "best airborne")) + \
+        sorted(f"compose {names[1]} {k}" for k in ("angle", "weights", "best pitch"))
+    for key, value in expected.items():
+        assert abs(float(rows["halfcheetah-runjump"][key]) - value) < 1e-3, key
+        if key.endswith("weights"):
+            assert value == int(value) and 0 <= value <= args.alphas - 2  # the weights strictly between the two tasks
+        elif key.endswith("angle"):
+            assert 0 <= value <= 180
+        elif key.endswith("airborne"):
+            assert 0 <= value <= 1
+        else:  # the best mix's mean pitch, degrees
+            assert -180 <= value <= 180
+    assert all(not rows["halfcheetah-vel"].get(key) for key in expected)  # no jump task, no composition
+    assert f"composition {names[0]} weights" in (tmp_path / "seeds.md").read_text()
+
+
 def test_csv_rows_with_different_columns_share_one_header():
     """A run measured from its log alone (no saved policy) beside measured ones, or an
     evaluation row without a measure another row has, still writes one CSV."""
@@ -2023,6 +2053,26 @@ def test_seeds_groups_an_ablation_of_two_fields_and_two_seeds_into_their_range(t
     paper = groups["lte_dim=3, lte_noise=0.02"]["final_error"]
     assert paper["values"] == [0.70, 0.50] and abs(paper["mean"] - 0.60) < 1e-9
     assert (paper["mean_low"], paper["mean_high"]) == (0.50, 0.70)
+
+
+def test_seeds_pools_the_runs_of_several_folders(tmp_path):
+    """--runs A B: a pilot's folder beside the runs it is judged against groups as one
+    folder would, each run named by its folder; the table goes to the first folder."""
+    for folder, noise in (("pilot", 0.0), ("reference", 0.02)):
+        (tmp_path / folder).mkdir()
+        for seed in (0, 1):
+            config = {**asdict(Config()), "lte_noise": noise, "seed": seed}
+            write_run_log(tmp_path / folder / f"seed={seed}", "halfcheetah-vel", config, [2.0, 0.5 + noise + seed / 10])
+    result = run_script("analyze.py", "seeds", "--runs", str(tmp_path / "pilot"), str(tmp_path / "reference"), "--reps", "100")
+    assert result.returncode == 0, result.stderr
+    groups = json.loads((tmp_path / "pilot" / "summary.json").read_text())["seeds"]
+    assert {label: group["runs"] for label, group in groups.items()} == {
+        "lte_noise=0.0": ["pilot/seed=0/halfcheetah-vel", "pilot/seed=1/halfcheetah-vel"],
+        "lte_noise=0.02": ["reference/seed=0/halfcheetah-vel", "reference/seed=1/halfcheetah-vel"]}
+    assert groups["lte_noise=0.02"]["final_error"]["values"] == [0.52, 0.62]
+    assert not (tmp_path / "reference" / "seeds.md").exists() and (tmp_path / "pilot" / "seeds.md").exists()
+    assert_one_line_error(run_script("analyze.py", "seeds", "--runs", str(tmp_path / "pilot"), str(tmp_path / "nowhere")),
+                          "nowhere")
 
 
 def test_compose_covers_every_runjump_checkpoint(analyze_checkpoints, tmp_path):
