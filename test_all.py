@@ -564,6 +564,7 @@ def test_paper_preset_is_the_papers_algorithm():
         assert (cfg.warmup_epochs, cfg.steps_per_epoch, cfg.updates_per_epoch, cfg.eval_every, cfg.eval_episodes) == (20, 200, 200, 1, 3)
         fast = train.preset("fast", family)
         assert fast.actor_every == 2 and fast.task_focus == 0.5 and cfg.task_focus == 0.0  # README, "Levers"
+        assert fast.lr_end_fraction == 0.1 and cfg.lr_end_fraction == 1.0  # annealed in fast, the paper's constant lr
         # one critic where episodes never end early, the paper's two where the body can fall
         assert fast.critics == (2 if envs.FAMILIES[family].terminates else 1)
     assert [f for f in paper_epochs if not envs.FAMILIES[f].terminates] == ["halfcheetah-vel", "halfcheetah-runjump"]

@@ -148,8 +148,10 @@ def preset(name: str, env: str) -> Config:
     if name == "fast":
         # One critic where episodes never end early: clipped double Q guards against the
         # overestimation that termination makes costly, as SimbaV2 turns it on only there.
-        # A share of each batch dealt by task error speeds the slowest tasks (README, "Levers").
-        return Config(env=env, critics=2 if family.terminates else 1, task_focus=0.5)
+        # A share of each batch dealt by task error speeds the slowest tasks, and a step size
+        # cosine-annealed to a tenth by the last epoch holds what the run has learnt where a
+        # constant one swings and can diverge late (README, "Levers").
+        return Config(env=env, critics=2 if family.terminates else 1, task_focus=0.5, lr_end_fraction=0.1)
     if name == "paper":
         return Config(env=env, preset="paper", lr=3e-4, actor_every=1, encoder_hidden=[400, 400], task_hidden=[400],
                       decoder_hidden=[400] * 4, critic_hidden=[400] * 4, baseline_hidden=[400] * 4,
