@@ -428,6 +428,12 @@ def composed_tasks(policy, family: str, args) -> tuple:
     return run, [other for other in others if other is not None]
 
 
+def settled_steps(steps: int) -> int:
+    """The first step compose measures from: after the start-up fall from the initial
+    pose, as the velocity is, when an episode of `steps` is long enough to have them."""
+    return policy_lib.SETTLE_STEPS if steps > policy_lib.SETTLE_STEPS + 10 else 0
+
+
 def composition(policy, family: str, run: int, others: list, args) -> tuple[dict, dict]:
     """compose's numbers at the one weight --mix (no files): for the run task, each
     other motion and each nlerp mix of the two, velocity, mean and peak root height and
@@ -441,9 +447,7 @@ def composition(policy, family: str, run: int, others: list, args) -> tuple[dict
     result, env = simulate(policy, family, np.repeat([lte for _, lte in combos], episodes, axis=0), args, record=True)
     heights = result["height_steps"].reshape(len(result["height_steps"]), len(combos), episodes)
     velocity = result["velocity"].reshape(len(combos), episodes)
-    # Height statistics over the same steps as the velocity (after the start-up
-    # fall from the initial pose), when the episode is long enough to have them.
-    settled = policy_lib.SETTLE_STEPS if len(heights) > policy_lib.SETTLE_STEPS + 10 else 0
+    settled = settled_steps(len(heights))  # height statistics over the same steps as the velocity
     numbers = {"mix": args.mix, "airborne_height_m": args.airborne_height}
     for c, (name, _) in enumerate(combos):
         h = heights[settled:, c]
@@ -921,7 +925,7 @@ def composition_measures(policy, family: str, args) -> dict:
     mix that keeps half the run task's velocity, its airborne fraction ("... best
     airborne") or mean pitch in degrees ("... best pitch"), the better of nlerp and slerp."""
     run, others = composed_tasks(policy, family, args)
-    settled = policy_lib.SETTLE_STEPS if args.steps > policy_lib.SETTLE_STEPS + 10 else 0
+    settled = settled_steps(args.steps)
     sweep = mixing_sweep(policy, family, run, others, args, settled)
     numbers = {}
     for other in others:
